@@ -1,0 +1,53 @@
+"""tietorch: declare which entries of a weight are tied; train only the free parameters.
+
+>>> import torch, tietorch
+>>> conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+>>> _ = tietorch.register_tie(conv, "weight", tietorch.SymmetricFlip())
+>>> torch.equal(conv.weight, conv.weight.transpose(0, 1).flip(2, 3))
+True
+"""
+
+from ._parametrize import (
+    TieParametrization,
+    TieSummary,
+    bake,
+    register_tie,
+    remove_tie,
+    summary,
+    tie_modules,
+)
+from ._tie import Tie, TieLayout
+from .ties import (
+    Antisymmetric,
+    Circulant,
+    Hankel,
+    KernelSymmetry,
+    ShareAcrossGroups,
+    ShareAlong,
+    Symmetric,
+    SymmetricFlip,
+    Toeplitz,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Antisymmetric",
+    "Circulant",
+    "Hankel",
+    "KernelSymmetry",
+    "ShareAcrossGroups",
+    "ShareAlong",
+    "Symmetric",
+    "SymmetricFlip",
+    "Tie",
+    "TieLayout",
+    "TieParametrization",
+    "TieSummary",
+    "Toeplitz",
+    "bake",
+    "register_tie",
+    "remove_tie",
+    "summary",
+    "tie_modules",
+]

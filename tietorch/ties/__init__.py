@@ -1,0 +1,18 @@
+"""The built-in ties, each declared with the same public machinery as a user's own tie."""
+
+from .kernel import KernelSymmetry
+from .share import ShareAcrossGroups, ShareAlong
+from .structured import Circulant, Hankel, Toeplitz
+from .symmetric import Antisymmetric, Symmetric, SymmetricFlip
+
+__all__ = [
+    "Antisymmetric",
+    "Circulant",
+    "Hankel",
+    "KernelSymmetry",
+    "ShareAcrossGroups",
+    "ShareAlong",
+    "Symmetric",
+    "SymmetricFlip",
+    "Toeplitz",
+]

@@ -1,0 +1,76 @@
+"""Sharing ties: one value along whole dims, or one block repeated across groups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from .._tie import Tie
+from ._dims import Shape, as_dims, resolve_dims
+
+__all__ = ["ShareAlong", "ShareAcrossGroups"]
+
+
+class ShareAlong(Tie):
+    """Constant along ``dims``: entries that differ only in those dims are equal.
+
+    ``ShareAlong(1)`` on a conv weight ``(out, in, kh, kw)`` applies one filter to every input
+    channel (``out * kh * kw`` free parameters).
+
+    Example:
+        >>> ShareAlong(1).layout((8, 3, 5, 5)).n_free
+        200
+    """
+
+    def __init__(self, dims: int | Sequence[int]) -> None:
+        self.dims = as_dims(dims)
+
+    def check_shape(self, shape: Shape) -> None:
+        resolve_dims(self, self.dims, shape)
+
+    def key(self, *idx: Tensor) -> tuple[Tensor, ...]:
+        shared = {d % len(idx) for d in self.dims}
+        return tuple(x for d, x in enumerate(idx) if d not in shared)
+
+    def __repr__(self) -> str:
+        dims = self.dims[0] if len(self.dims) == 1 else self.dims
+        return f"ShareAlong({dims})"
+
+
+class ShareAcrossGroups(Tie):
+    """The ``groups`` consecutive blocks along ``dim`` are equal.
+
+    With a grouped convolution, this gives every group the same filters: N input streams through
+    one filter bank, outputs kept apart. Tie the weight and the bias alike (``dim=0``).
+
+    Example:
+        >>> import torch, tietorch
+        >>> streams, bank = 4, 8  # 4 streams of 1 channel, 8 shared filters
+        >>> conv = torch.nn.Conv2d(streams, streams * bank, 3, groups=streams)
+        >>> _ = tietorch.register_tie(conv, "weight", ShareAcrossGroups(streams))
+        >>> _ = tietorch.register_tie(conv, "bias", ShareAcrossGroups(streams))
+        >>> sum(p.numel() for p in conv.parameters())  # one 1->8 conv: 8*9 + 8
+        80
+    """
+
+    def __init__(self, groups: int, dim: int = 0) -> None:
+        if int(groups) < 1:
+            raise ValueError(f"ShareAcrossGroups: groups must be >= 1, got {groups!r}")
+        self.groups = int(groups)
+        self.dim = int(dim)
+
+    def check_shape(self, shape: Shape) -> None:
+        (dim,) = resolve_dims(self, (self.dim,), shape)
+        if shape[dim] % self.groups:
+            raise ValueError(
+                f"{self!r} needs dim {self.dim} divisible by {self.groups}, got shape {shape}"
+            )
+
+    def key(self, *idx: Tensor) -> tuple[Tensor, ...]:
+        dim = self.dim % len(idx)
+        block = idx[dim].numel() // self.groups
+        return tuple(x % block if d == dim else x for d, x in enumerate(idx))
+
+    def __repr__(self) -> str:
+        return f"ShareAcrossGroups({self.groups}, dim={self.dim})"
