@@ -61,7 +61,7 @@ class TieLayout:
         tensor([1., 2., 3.])
     """
 
-    __slots__ = ("index", "n_free", "sign", "_counts")
+    __slots__ = ("_counts", "index", "n_free", "sign")
 
     def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
         index = torch.as_tensor(index)

@@ -47,8 +47,8 @@ class SymmetricFlip(Tie):
         self._sign = sign
 
     def check_shape(self, shape: Shape) -> None:
-        dims = resolve_dims(self, self.dims + self.flip, shape)
-        require_equal_sizes(self, dims[:2], shape, "they are swapped")
+        resolve_dims(self, self.flip, shape)
+        require_equal_sizes(self, resolve_dims(self, self.dims, shape), shape, "they are swapped")
 
     def relations(self, *idx: Tensor) -> tuple[Tensor, ...]:
         ndim = len(idx)
