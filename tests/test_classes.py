@@ -63,8 +63,10 @@ def random_relation_ties(draw):
     for _ in range(generators):
         perm = draw(st.permutations(range(n)))
         flat = torch.tensor(perm).view(shape)
-        relations.append(tuple(torch.tensor(c).view(shape) for c in np.unravel_index(flat.numpy(), shape)))
-        signs.append(torch.tensor(draw(st.lists(st.sampled_from([1, -1]), min_size=n, max_size=n))).view(shape))
+        coords = np.unravel_index(flat.numpy(), shape)
+        relations.append(tuple(torch.tensor(c).view(shape) for c in coords))
+        sign = draw(st.lists(st.sampled_from([1, -1]), min_size=n, max_size=n))
+        signs.append(torch.tensor(sign).view(shape))
 
     class RandomRelation(Tie):
         def relations(self, *idx):

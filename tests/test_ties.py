@@ -64,7 +64,8 @@ def direct_constraint_holds(tie, w):
             first = first.narrow(d, 0, 1)
         return torch.equal(w, first.expand_as(w))
     if isinstance(tie, tt.ShareAcrossGroups):
-        return all(torch.equal(block, w.chunk(tie.groups, 0)[0]) for block in w.chunk(tie.groups, 0))
+        blocks = w.chunk(tie.groups, 0)
+        return all(torch.equal(block, blocks[0]) for block in blocks)
     if isinstance(tie, (tt.Toeplitz, tt.Hankel)):
         m = w if not isinstance(tie, tt.Hankel) else w.flip(-1)
         return torch.equal(m[..., 1:, 1:], m[..., :-1, :-1])

@@ -29,7 +29,9 @@ def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
     if declares == "key":
         key = tie.key(*idx)
         parts = key if isinstance(key, tuple) else (key,)
-        columns = [torch.broadcast_to(torch.as_tensor(p), shape).reshape(-1).tolist() for p in parts]
+        columns = [
+            torch.broadcast_to(torch.as_tensor(p), shape).reshape(-1).tolist() for p in parts
+        ]
         first: dict[tuple, int] = {}
         for x, value in enumerate(zip(*columns) if columns else [()] * n):
             y = first.setdefault(tuple(value), x)

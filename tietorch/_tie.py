@@ -396,7 +396,9 @@ def _evaluate_relations(
         for d, (component, size) in enumerate(zip(relation, shape)):
             component = torch.as_tensor(component)
             if component.is_floating_point() or component.is_complex():
-                raise TypeError(f"{tie!r}: relation {r} gives a {component.dtype} index for dim {d}")
+                raise TypeError(
+                    f"{tie!r}: relation {r} gives a {component.dtype} index for dim {d}"
+                )
             if component.numel():
                 low, high = int(component.min()), int(component.max())
                 if low < -size or high >= size:
