@@ -40,24 +40,34 @@ class _RelationConstraint:
     sign: Tensor | None
 
 
-def _key_inverse(parts: tuple[Tensor, ...], n: int) -> tuple[Tensor, int]:
-    """Class id per entry (``[0, n_classes)``, in order of key value) for a multi-part key."""
-    if not parts:
-        return torch.zeros(n, dtype=torch.long), min(n, 1)
-    inverse: Tensor | None = None
-    count = 1
+def _key_codes(parts: tuple[Tensor, ...], n: int) -> tuple[Tensor, int]:
+    """An int64 code per entry, equal exactly when all key parts are equal, in ``[0, bound)``.
+
+    Integer parts are packed in mixed radix (no sort); other dtypes, or radices too large to
+    pack, are compacted with ``torch.unique`` first.
+    """
+    code = torch.zeros(n, dtype=torch.long)
+    bound = 1
     for part in parts:
-        values, part_inverse = torch.unique(part, return_inverse=True)
-        combined = part_inverse if inverse is None else inverse * len(values) + part_inverse
-        # Re-compact after each part so the combined code never overflows int64.
-        values, inverse = torch.unique(combined, return_inverse=True)
-        count = len(values)
-    assert inverse is not None
-    return inverse, count
+        if part.dtype.is_floating_point or part.dtype.is_complex or part.dtype == torch.bool:
+            values, part = torch.unique(part, return_inverse=True)
+            low, radix = 0, len(values)
+        else:
+            low = int(part.min()) if n else 0
+            radix = (int(part.max()) - low + 1) if n else 1
+        if bound * radix > 4 * n + 64:  # keep the code dense enough to index a table with it
+            values, code = torch.unique(code, return_inverse=True)
+            bound = len(values)
+            if bound * radix > 4 * n + 64:
+                values, part = torch.unique(part, return_inverse=True)
+                low, radix = 0, len(values)
+        code = code * radix + (part.to(torch.long) - low)
+        bound *= radix
+    return code, bound
 
 
 def _first_occurrence(labels: Tensor, n_labels: int) -> Tensor:
-    """For each label in ``[0, n_labels)``, the smallest flat index that carries it."""
+    """For each label in ``[0, n_labels)``, the smallest flat index that carries it (or n)."""
     first = torch.full((n_labels,), labels.numel(), dtype=torch.long)
     return first.scatter_reduce_(0, labels, torch.arange(labels.numel()), "amin")
 
@@ -71,17 +81,10 @@ def _compress(parent: Tensor) -> Tensor:
         parent = grandparent
 
 
-def connected_components(n_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
-    """Label every node with the smallest node id of its connected component.
-
-    ``src``/``dst`` are int64 edge endpoints (undirected; self-loops allowed).
-
-    >>> connected_components(5, torch.tensor([0, 3]), torch.tensor([2, 4])).tolist()
-    [0, 1, 0, 3, 3]
-    """
-    parent = torch.arange(n_nodes)
-    keep = src != dst
-    u, v = src[keep], dst[keep]
+def _hook_and_contract(parent: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """Finish the components of a star forest ``parent`` plus the edges ``u - v`` between roots."""
+    keep = u != v
+    u, v = u[keep], v[keep]
     while u.numel():
         # Invariant: u, v are roots. Each root hooks onto its smallest neighbouring root, so
         # labels only decrease and the minimum of a component stays a root for ever.
@@ -95,6 +98,45 @@ def connected_components(n_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
     return parent
 
 
+def connected_components(n_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
+    """Label every node with the smallest node id of its connected component.
+
+    ``src``/``dst`` are int64 edge endpoints (undirected; self-loops allowed).
+
+    >>> connected_components(5, torch.tensor([0, 3]), torch.tensor([2, 4])).tolist()
+    [0, 1, 0, 3, 3]
+    """
+    return _hook_and_contract(torch.arange(n_nodes), src, dst)
+
+
+def components_of_maps(n_nodes: int, targets: list[Tensor]) -> Tensor:
+    """Like :func:`connected_components` for the edges ``x - t[x]`` of each map ``t``.
+
+    Every relation and key gives one edge per node, so the first round needs no edge list: the
+    hooking of ``x`` is an elementwise minimum and the contracted edges are ``parent[x]`` to
+    ``parent[t[x]]``.
+    """
+    nodes = torch.arange(n_nodes)
+    parent = nodes.clone()
+    for target in targets:
+        torch.minimum(parent, target, out=parent)
+        parent.scatter_reduce_(0, target, nodes, "amin")
+    parent = _compress(parent)
+    u = parent if len(targets) == 1 else parent.repeat(len(targets))
+    v = torch.cat([parent.index_select(0, target) for target in targets])
+    return _hook_and_contract(parent, u, v)
+
+
+def _rank_of_representatives(rep: Tensor, live: Tensor | None) -> tuple[Tensor, int]:
+    """Number classes by their representative (smallest entry): ``index[x] = rank of rep[x]``."""
+    is_rep = rep == torch.arange(rep.numel())
+    if live is not None:
+        is_rep &= live
+    rank = torch.cumsum(is_rep, 0) - 1
+    n_free = int(rank[-1]) + 1 if rep.numel() else 0
+    return rank.index_select(0, rep), n_free
+
+
 def solve(
     n: int, constraints: list[_KeyConstraint | _RelationConstraint]
 ) -> tuple[Tensor, int, Tensor | None]:
@@ -104,49 +146,40 @@ def solve(
     index in their class, and that entry has sign +1. ``sign`` is None when no relation carries a
     sign, otherwise an int8 tensor of +1/-1/0 (0: forced to zero).
     """
-    if len(constraints) == 1 and isinstance(constraints[0], _KeyConstraint):
-        inverse, count = _key_inverse(constraints[0].parts, n)
-        order = torch.argsort(_first_occurrence(inverse, count))
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(count)
-        return rank[inverse], count, None
-
-    arange = torch.arange(n)
-    plus_src: list[Tensor] = []
-    plus_dst: list[Tensor] = []
-    minus_src: list[Tensor] = []
-    minus_dst: list[Tensor] = []
+    targets: list[Tensor] = []
+    signed = any(isinstance(c, _RelationConstraint) and c.sign is not None for c in constraints)
     for constraint in constraints:
         if isinstance(constraint, _KeyConstraint):
-            inverse, count = _key_inverse(constraint.parts, n)
-            plus_src.append(arange)
-            plus_dst.append(_first_occurrence(inverse, count)[inverse])
-        elif constraint.sign is None:
-            plus_src.append(arange)
-            plus_dst.append(constraint.target)
+            code, bound = _key_codes(constraint.parts, n)
+            target = _first_occurrence(code, bound).index_select(0, code)
+            if len(constraints) == 1:  # every entry already points at its representative
+                index, n_free = _rank_of_representatives(target, None)
+                return index, n_free, None
         else:
-            negative = constraint.sign < 0
-            plus_src.append(arange[~negative])
-            plus_dst.append(constraint.target[~negative])
-            minus_src.append(arange[negative])
-            minus_dst.append(constraint.target[negative])
+            target = constraint.target
+        if not signed:
+            targets.append(target)
+            continue
+        # Doubled graph: +x has id x, -x has id x + n; W[x] = -W[y] joins +x with -y.
+        flip = (
+            torch.zeros(n, dtype=torch.long)
+            if isinstance(constraint, _KeyConstraint) or constraint.sign is None
+            else (constraint.sign < 0).to(torch.long) * n
+        )
+        targets.append(torch.cat([target + flip, (target + n - flip)]))
 
-    if not minus_src:
-        labels = connected_components(n, torch.cat(plus_src), torch.cat(plus_dst))
-        unique, index = torch.unique(labels, return_inverse=True)
-        return index, len(unique), None
+    if not signed:
+        labels = components_of_maps(n, targets)
+        index, n_free = _rank_of_representatives(labels, None)
+        return index, n_free, None
 
-    # Doubled graph: +x has id x, -x has id x + n.
-    ps, pd = torch.cat(plus_src), torch.cat(plus_dst)
-    ms, md = torch.cat(minus_src), torch.cat(minus_dst)
-    src = torch.cat([ps, ps + n, ms, ms + n])
-    dst = torch.cat([pd, pd + n, md + n, md])
-    labels = connected_components(2 * n, src, dst)
+    labels = components_of_maps(2 * n, targets)
     a, b = labels[:n], labels[n:]
-    nonzero = a != b
+    # The class of x is the pair {component of +x, component of -x}; its smallest node is the
+    # smallest entry of the class (a positive node), which gets sign +1.
+    live = a != b
     sign = torch.where(a < b, 1, -1).to(torch.int8)
-    sign[~nonzero] = 0
-    index = torch.zeros(n, dtype=torch.long)
-    unique, compact = torch.unique(torch.minimum(a, b)[nonzero], return_inverse=True)
-    index[nonzero] = compact
-    return index, len(unique), sign
+    sign[~live] = 0
+    index, n_free = _rank_of_representatives(torch.minimum(a, b), live)
+    index[~live] = 0
+    return index, n_free, sign

@@ -71,7 +71,7 @@ class TieLayout:
         n_free = int(n_free)
         if n_free < 0:
             raise ValueError(f"TieLayout: n_free must be >= 0, got {n_free}")
-        live = torch.ones(index.shape, dtype=torch.bool)
+        live: Tensor | None = None
         if sign is not None:
             sign = torch.as_tensor(sign)
             if sign.shape != index.shape:
@@ -82,20 +82,19 @@ class TieLayout:
                 raise ValueError("TieLayout: sign values must be +1, -1 or 0")
             sign = sign.to(torch.int8)
             live = sign != 0
-        used = index[live]
+            index = index.masked_fill(~live, 0)  # forced zeros read parameter 0, times 0
+        used = index.reshape(-1) if live is None else index[live]
         if used.numel() and (int(used.min()) < 0 or int(used.max()) >= n_free):
             raise ValueError(
                 f"TieLayout: index values must lie in [0, n_free={n_free}), got "
                 f"[{int(used.min())}, {int(used.max())}]"
             )
-        counts = torch.bincount(used.reshape(-1), minlength=n_free)
+        counts = torch.bincount(used, minlength=n_free)
         if n_free and not bool((counts > 0).all()):
             unused = torch.nonzero(counts == 0).reshape(-1)[:5].tolist()
             raise ValueError(
                 f"TieLayout: every free parameter must be used by some entry; unused: {unused}"
             )
-        index = index.clone()
-        index[~live] = 0
         self.index = index
         self.n_free = n_free
         self.sign = sign
