@@ -1,0 +1,1 @@
+"""tietorch's benchmarks: ``python -m benchmarks [--quick]`` runs them all and prints tables."""

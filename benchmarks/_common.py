@@ -1,0 +1,48 @@
+"""Timing helpers shared by the benchmarks: interleaved runs, medians, a plain-text table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+
+def interleaved_medians(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median milliseconds per call of each variant, run round-robin so noise hits all alike."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A left/right aligned text table (numbers right-aligned)."""
+    cells = [[str(c) for c in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
+    numeric = [all(_is_number(row[k]) for row in rows) for k in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)
+        ).rstrip()
+
+    rule = "-" * len(line(cells[0]))
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float))
