@@ -171,14 +171,21 @@ def test_dtypes(dtype):
         assert p.original.grad.dtype == dtype
 
 
-def test_index_maps_are_not_in_the_state_dict_and_follow_to():
+def test_index_maps_are_constants_not_buffers_and_follow_to():
     conv = nn.Conv2d(3, 3, 3)
-    tt.register_tie(conv, "weight", tt.SymmetricFlip())
-    names = {name for name, _ in conv.named_buffers()}
-    assert names == {"parametrizations.weight.0.index", "parametrizations.weight.0.inverse_counts"}
+    tt.register_tie(conv, "weight", tt.SymmetricFlip(sign=-1))
+    param = conv.parametrizations.weight[0]
+    index = param.index.clone()
+    assert list(conv.named_buffers()) == []  # nothing for DDP to re-broadcast every step
     assert set(conv.state_dict()) == {"bias", "parametrizations.weight.original"}
     conv.to("meta")
-    assert conv.parametrizations.weight[0].index.device.type == "meta"
+    assert param.index.device.type == "meta" and param.sign.device.type == "meta"
+    conv.to_empty(device="cpu")  # meta-device init: the maps come back intact, not garbage
+    assert torch.equal(param.index, index)
+    with torch.no_grad():  # to_empty leaves the free vector uninitialized (maybe NaN)
+        conv.parametrizations.weight.original.normal_()
+    w = conv.weight
+    assert torch.equal(w, -w.transpose(0, 1).flip(2, 3))
 
 
 def test_refused_tie_leaves_the_module_untouched():

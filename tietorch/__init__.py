@@ -7,6 +7,7 @@
 True
 """
 
+from ._checkpoint import dense_state_dict, load_dense_state_dict
 from ._parametrize import (
     TieParametrization,
     TieSummary,
@@ -46,6 +47,8 @@ __all__ = [
     "TieSummary",
     "Toeplitz",
     "bake",
+    "dense_state_dict",
+    "load_dense_state_dict",
     "register_tie",
     "remove_tie",
     "summary",

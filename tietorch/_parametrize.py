@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,8 +25,10 @@ Init = Literal["project", "preserve_std"]
 class TieParametrization(nn.Module):
     """The parametrization ``theta -> theta[index] * sign`` that :func:`register_tie` installs.
 
-    ``index`` and ``sign`` are non-persistent buffers: they follow ``.to(device/dtype)`` and are
-    recomputed from the tie instead of being stored in checkpoints.
+    ``index``, ``sign`` and ``inverse_counts`` are constants derived from the tie, so they are
+    plain tensor attributes, not buffers: they follow ``.to(device/dtype)`` (``_apply``), yet stay
+    out of checkpoints and out of DDP's per-step buffer broadcast. They are always rebuilt from
+    the CPU layout, so ``to_empty()`` after meta-device init cannot garble them.
     """
 
     index: Tensor
@@ -34,15 +38,24 @@ class TieParametrization(nn.Module):
     def __init__(self, tie: Tie, layout: TieLayout, like: Tensor) -> None:
         super().__init__()
         self.tie = tie
+        self.layout = layout
         self.shape = layout.shape
         self.n_free = layout.n_free
-        self.register_buffer("index", layout.index.reshape(-1).to(like.device), persistent=False)
-        sign = None if layout.sign is None else layout.sign.to(like.device, like.dtype)
-        self.register_buffer("sign", sign, persistent=False)
-        # Floating, so it also tracks the module's dtype; right_inverse must return that dtype.
-        inverse_counts = 1.0 / layout.class_sizes.to(like.device, like.dtype).clamp_min(1)
-        self.register_buffer("inverse_counts", inverse_counts, persistent=False)
         self.projection_error = 0.0
+        self._place(like.device, like.dtype)
+
+    def _place(self, device: torch.device, dtype: torch.dtype) -> None:
+        layout = self.layout
+        self.index = layout.index.reshape(-1).to(device)
+        self.sign = None if layout.sign is None else layout.sign.to(device, dtype)
+        # Floating, so it tracks the module's dtype; right_inverse must return that dtype.
+        self.inverse_counts = 1.0 / layout.class_sizes.to(device, dtype).clamp_min(1)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
+        # Learn where `fn` sends a floating tensor of ours (device, and dtype for .half() etc.).
+        probe = fn(torch.empty(0, device=self.index.device, dtype=self.inverse_counts.dtype))
+        self._place(probe.device, probe.dtype)
+        return super()._apply(fn, recurse)
 
     def forward(self, theta: Tensor) -> Tensor:
         return gather(theta, self.index, self.sign, self.shape)
@@ -67,17 +80,29 @@ def _tie_of(module: nn.Module, name: str) -> TieParametrization | None:
     return first if isinstance(first, TieParametrization) else None
 
 
-def _check_free_vector_size(param: TieParametrization, where: str) -> Callable[..., None]:
-    def hook(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        value = state_dict.get(prefix + "original")
+def _check_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """load_state_dict pre-hook (registered once per module): explain the common mistakes."""
+    if not parametrize.is_parametrized(module):
+        return
+    for name in module.parametrizations:
+        param = _tie_of(module, name)
+        if param is None:
+            continue
+        where = f"{prefix}{name}"
+        free_key = f"{prefix}parametrizations.{name}.original"
+        value = state_dict.get(free_key)
         if isinstance(value, Tensor) and value.shape != (param.n_free,):
             raise ValueError(
                 f"{where} is tied with {param.tie!r} (shape {param.shape}): its free vector has "
                 f"{param.n_free} entries, but the state dict holds {value.numel()} "
-                f"(shape {tuple(value.shape)}) under '{prefix}original'"
+                f"(shape {tuple(value.shape)}) under '{free_key}'"
             )
-
-    return hook
+        if value is None and isinstance(state_dict.get(where), Tensor):
+            raise ValueError(
+                f"{where} is tied with {param.tie!r}, but the state dict holds a dense tensor "
+                f"'{where}' instead of its free vector '{free_key}': load dense checkpoints "
+                "with tietorch.load_dense_state_dict(model, state_dict)"
+            )
 
 
 def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]:
@@ -148,7 +173,11 @@ def register_tie(module: nn.Module, name: str, tie: Tie, *, init: Init = "projec
     param = TieParametrization(tie, layout, tensor)
     parametrize.register_parametrization(module, name, param)
     plist = module.parametrizations[name]
-    plist._register_load_state_dict_pre_hook(_check_free_vector_size(param, where))
+    if not module.__dict__.get("_tietorch_hooked", False):
+        # with_module: the hook gets the module as an argument and follows deepcopies.
+        module._register_load_state_dict_pre_hook(_check_state_dict, with_module=True)
+        module._tietorch_hooked = True
+    _own_class_behaviour(module)
     with torch.no_grad():
         if init == "preserve_std":
             plist.original.mul_(layout.class_sizes.to(original).clamp_min(1).sqrt())
@@ -181,6 +210,73 @@ def remove_tie(module: nn.Module, name: str) -> None:
             "its tie; remove those first"
         )
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+def _own_class_behaviour(module: nn.Module) -> None:
+    """Give parametrize's generated class a correct deepcopy and a working pickle.
+
+    Plain parametrize shares the generated class, and properties whose closures point at the
+    original module, between a module and its deepcopy: under ``parametrize.cached()`` the copy
+    returns the original's weight, and removing a parametrization from the copy deletes the
+    property the original still needs. It also refuses to pickle (``torch.save(model)``).
+    """
+    cls = type(module)
+    if cls.__dict__.get("_tietorch_class", False):
+        return
+    cls._tietorch_class = True
+    cls.__deepcopy__ = _deepcopy_parametrized
+    cls.__reduce_ex__ = _reduce_parametrized
+
+
+def _deepcopy_parametrized(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    cls = type(self)
+    replica = cls.__new__(cls)
+    memo[id(self)] = replica
+    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
+    # A class of its own, with properties bound to the replica (parametrize's own injector).
+    members = {
+        k: v for k, v in cls.__dict__.items()
+        if not isinstance(v, property) and k not in ("__dict__", "__weakref__")
+    }
+    replica.__class__ = type(cls.__name__, cls.__bases__, members)
+    for name in replica.parametrizations:
+        parametrize._inject_property(replica, name)
+    return replica
+
+
+def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple[Any, ...]:
+    names = list(self.parametrizations.keys())
+    others = [n for n in names if _tie_of(self, n) is None or len(self.parametrizations[n]) > 1]
+    if others:
+        raise TypeError(
+            f"cannot pickle {type(self).__name__}: {others} carry parametrizations other than "
+            "ties, which PyTorch cannot pickle; save model.state_dict() instead"
+        )
+    ties = []
+    for name in names:
+        param = self.parametrizations[name][0]
+        try:
+            pickle.dumps(param.tie)
+        except Exception as error:
+            raise TypeError(
+                f"cannot pickle {type(self).__name__}.{name}: its tie {param.tie!r} is not "
+                f"picklable ({error}); declare the tie with a module-level function or class, "
+                "or save model.state_dict() and rebuild the model in code"
+            ) from None
+        ties.append((name, param.tie, self.parametrizations[name].original.detach()))
+    plain = copy.deepcopy(self)
+    for name in names:
+        remove_tie(plain, name)
+    return _rebuild_tied, (plain, ties)
+
+
+def _rebuild_tied(plain: nn.Module, ties: list[tuple[str, Tie, Tensor]]) -> nn.Module:
+    """Unpickle a tied module: re-register its ties and restore the exact free vectors."""
+    for name, tie, theta in ties:
+        register_tie(plain, name, tie)
+        with torch.no_grad():
+            plain.parametrizations[name].original.copy_(theta)
+    return plain
 
 
 def _tied_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, TieParametrization]]:

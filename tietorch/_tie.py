@@ -193,6 +193,12 @@ class Tie:
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Layouts are derived data (possibly ~100 MB): recompute instead of copying/pickling.
+        state = dict(self.__dict__)
+        state.pop("_layout_cache", None)
+        return state
+
     def __and__(self, other: Tie) -> Tie:
         if not isinstance(other, Tie):
             return NotImplemented

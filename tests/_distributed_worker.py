@@ -1,0 +1,83 @@
+"""One rank of the distributed tests: ``python _distributed_worker.py MODE RANK WORLD PORT OUT``.
+
+Trains a small tied model for a few steps with DDP or FSDP2 (gloo, 127.0.0.1) on this rank's
+share of a fixed batch and saves the resulting state, the constraint check and what DDP
+broadcasts. ``WORLD=1`` without a mode wrapper is the single-process reference.
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import tietorch as tt
+
+STEPS = 4
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1))
+    tt.register_tie(net[0], "weight", tt.KernelSymmetry("D4"))
+    tt.register_tie(net[2], "weight", tt.SymmetricFlip(sign=-1))
+    return net
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 8, 8, generator=gen), torch.randn(8, 6, 8, 8, generator=gen)
+
+
+def constraints_hold(net: nn.Module) -> bool:
+    w0, w2 = net[0].weight, net[2].weight
+    return bool(
+        torch.equal(w0, w0.rot90(1, (2, 3))) and torch.equal(w0, w0.flip(3))
+        and torch.equal(w2, -w2.transpose(0, 1).flip(2, 3))
+    )
+
+
+def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
+    if mode != "single":
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    net = make_model()
+    model: nn.Module = net
+    synced_buffers = -1
+    if mode == "ddp":
+        model = nn.parallel.DistributedDataParallel(net)
+        synced_buffers = sum(b.numel() * b.element_size() for b in model.modules_buffers)
+    elif mode == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in (net[0], net[2]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(net, mesh=mesh)
+    x, y = batch()
+    x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    if mode == "fsdp":
+        from torch.distributed.tensor import DTensor
+
+        state = {k: v.full_tensor() if isinstance(v, DTensor) else v
+                 for k, v in net.state_dict().items()}
+        for layer in (net[0], net[2]):  # gather the free vectors to check the ties
+            layer.unshard()
+        holds = constraints_hold(net)
+    else:
+        state, holds = net.state_dict(), constraints_hold(net)
+    torch.save({"state": state, "holds": holds, "synced_buffers": synced_buffers}, out)
+    if mode != "single":
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mode, rank, world, port, out = sys.argv[1:]
+    main(mode, int(rank), int(world), int(port), out)
