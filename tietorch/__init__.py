@@ -8,15 +8,9 @@ True
 """
 
 from ._checkpoint import dense_state_dict, load_dense_state_dict
-from ._parametrize import (
-    TieParametrization,
-    TieSummary,
-    bake,
-    register_tie,
-    remove_tie,
-    summary,
-    tie_modules,
-)
+from ._parametrization import TieParametrization
+from ._register import bake, register_tie, remove_tie, tie_modules
+from ._summary import TieSummary, summary
 from ._tie import Tie, TieLayout
 from .ties import (
     Antisymmetric,

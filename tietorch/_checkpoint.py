@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ._parametrize import _tied_tensors
+from ._register import _tied_tensors
 
 __all__ = ["dense_state_dict", "load_dense_state_dict"]
 

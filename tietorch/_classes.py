@@ -27,17 +27,33 @@ __all__: list[str] = []
 
 @dataclass(frozen=True)
 class _KeyConstraint:
-    """Entries with equal keys share one value. ``parts``: flat tensors, one per key component."""
+    """Entries ``offset .. offset+size-1`` with equal keys share one value.
+
+    ``parts``: flat tensors of length ``size``, one per key component (none: one class).
+    """
 
     parts: tuple[Tensor, ...]
+    size: int
+    offset: int = 0
+
+    def shifted(self, by: int) -> _KeyConstraint:
+        return _KeyConstraint(self.parts, self.size, self.offset + by)
 
 
 @dataclass(frozen=True)
 class _RelationConstraint:
-    """``W[x] = sign[x] * W[target[x]]`` for every flat index ``x``. ``sign`` None means +1."""
+    """``W[offset + x] = sign[x] * W[target[x]]`` for ``x < len(target)``; None sign is +1.
+
+    ``target`` holds ids in the whole index space (several tensors may share one space, each at
+    its own offset).
+    """
 
     target: Tensor
     sign: Tensor | None
+    offset: int = 0
+
+    def shifted(self, by: int) -> _RelationConstraint:
+        return _RelationConstraint(self.target + by, self.sign, self.offset + by)
 
 
 def _key_codes(parts: tuple[Tensor, ...], n: int) -> tuple[Tensor, int]:
@@ -109,21 +125,22 @@ def connected_components(n_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
     return _hook_and_contract(torch.arange(n_nodes), src, dst)
 
 
-def components_of_maps(n_nodes: int, targets: list[Tensor]) -> Tensor:
-    """Like :func:`connected_components` for the edges ``x - t[x]`` of each map ``t``.
+def components_of_maps(n_nodes: int, maps: list[tuple[int, Tensor]]) -> Tensor:
+    """Like :func:`connected_components` for the edges ``offset + x  -  t[x]`` of each map.
 
-    Every relation and key gives one edge per node, so the first round needs no edge list: the
-    hooking of ``x`` is an elementwise minimum and the contracted edges are ``parent[x]`` to
-    ``parent[t[x]]``.
+    Every relation and key gives one edge per entry it covers, so the first round needs no edge
+    list: hooking is an elementwise minimum, and the contracted edges are ``parent[offset + x]``
+    to ``parent[t[x]]``.
     """
     nodes = torch.arange(n_nodes)
     parent = nodes.clone()
-    for target in targets:
-        torch.minimum(parent, target, out=parent)
-        parent.scatter_reduce_(0, target, nodes, "amin")
+    for offset, target in maps:
+        segment = parent[offset : offset + len(target)]
+        torch.minimum(segment, target, out=segment)
+        parent.scatter_reduce_(0, target, nodes[offset : offset + len(target)], "amin")
     parent = _compress(parent)
-    u = parent if len(targets) == 1 else parent.repeat(len(targets))
-    v = torch.cat([parent.index_select(0, target) for target in targets])
+    u = torch.cat([parent[offset : offset + len(target)] for offset, target in maps])
+    v = torch.cat([parent.index_select(0, target) for _, target in maps])
     return _hook_and_contract(parent, u, v)
 
 
@@ -146,34 +163,38 @@ def solve(
     index in their class, and that entry has sign +1. ``sign`` is None when no relation carries a
     sign, otherwise an int8 tensor of +1/-1/0 (0: forced to zero).
     """
-    targets: list[Tensor] = []
+    maps: list[tuple[int, Tensor]] = []
     signed = any(isinstance(c, _RelationConstraint) and c.sign is not None for c in constraints)
     for constraint in constraints:
         if isinstance(constraint, _KeyConstraint):
-            code, bound = _key_codes(constraint.parts, n)
+            code, bound = _key_codes(constraint.parts, constraint.size)
             target = _first_occurrence(code, bound).index_select(0, code)
-            if len(constraints) == 1:  # every entry already points at its representative
+            if len(constraints) == 1 and constraint.size == n:
+                # every entry already points at its representative
                 index, n_free = _rank_of_representatives(target, None)
                 return index, n_free, None
+            target = target + constraint.offset
         else:
             target = constraint.target
+        offset = constraint.offset
         if not signed:
-            targets.append(target)
+            maps.append((offset, target))
             continue
         # Doubled graph: +x has id x, -x has id x + n; W[x] = -W[y] joins +x with -y.
         flip = (
-            torch.zeros(n, dtype=torch.long)
+            0
             if isinstance(constraint, _KeyConstraint) or constraint.sign is None
             else (constraint.sign < 0).to(torch.long) * n
         )
-        targets.append(torch.cat([target + flip, (target + n - flip)]))
+        maps.append((offset, target + flip))
+        maps.append((n + offset, target + n - flip))
 
     if not signed:
-        labels = components_of_maps(n, targets)
+        labels = components_of_maps(n, maps)
         index, n_free = _rank_of_representatives(labels, None)
         return index, n_free, None
 
-    labels = components_of_maps(2 * n, targets)
+    labels = components_of_maps(2 * n, maps)
     a, b = labels[:n], labels[n:]
     # The class of x is the pair {component of +x, component of -x}; its smallest node is the
     # smallest entry of the class (a positive node), which gets sign +1.

@@ -239,7 +239,8 @@ class Tie:
             return [_layout_as_relation(self.layout(shape))]
         idx = _grids(shape)
         if declares == "key":
-            return [_KeyConstraint(_evaluate_key(self, self.key(*idx), shape))]
+            parts = _evaluate_key(self, self.key(*idx), shape)
+            return [_KeyConstraint(parts, math.prod(shape))]
         return _evaluate_relations(self, self.relations(*idx), self.sign(*idx), shape)
 
     # ------------------------------------------------------------- from functions
@@ -371,8 +372,14 @@ def _evaluate_key(tie: Tie, key: Any, shape: Shape) -> tuple[Tensor, ...]:
 
 
 def _evaluate_relations(
-    tie: Tie, relations: Any, signs: Any, shape: Shape
+    tie: Any, relations: Any, signs: Any, shape: Shape, target_shape: Shape | None = None
 ) -> list[_KeyConstraint | _RelationConstraint]:
+    """Flat relation constraints from what ``relations()``/``sign()`` returned on ``shape``.
+
+    The relations index a tensor of ``target_shape`` (default: the same tensor); out-of-range
+    indices are refused, negative ones wrap.
+    """
+    target_shape = shape if target_shape is None else target_shape
     if isinstance(relations, tuple):
         relations = [relations]
     if not isinstance(relations, list):
@@ -386,19 +393,19 @@ def _evaluate_relations(
         raise ValueError(
             f"{tie!r}: sign() returned {len(signs)} signs for {len(relations)} relations"
         )
-    strides = torch.ones(len(shape), dtype=torch.long)
-    for d in range(len(shape) - 2, -1, -1):
-        strides[d] = strides[d + 1] * shape[d + 1]
+    strides = torch.ones(len(target_shape), dtype=torch.long)
+    for d in range(len(target_shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * target_shape[d + 1]
     out: list[_KeyConstraint | _RelationConstraint] = []
     for r, (relation, sign) in enumerate(zip(relations, signs)):
-        if not isinstance(relation, tuple) or len(relation) != len(shape):
+        if not isinstance(relation, tuple) or len(relation) != len(target_shape):
             got = len(relation) if isinstance(relation, tuple) else type(relation).__name__
             raise ValueError(
-                f"{tie!r}: relation {r} must give one index tensor per dim of the shape {shape} "
-                f"({len(shape)}), got {got}"
+                f"{tie!r}: relation {r} must give one index tensor per dim of the shape "
+                f"{target_shape} ({len(target_shape)}), got {got}"
             )
         target = torch.zeros(shape, dtype=torch.long)
-        for d, (component, size) in enumerate(zip(relation, shape)):
+        for d, (component, size) in enumerate(zip(relation, target_shape)):
             component = torch.as_tensor(component)
             if component.is_floating_point() or component.is_complex():
                 raise TypeError(
@@ -410,7 +417,7 @@ def _evaluate_relations(
                     bad = low if low < -size else high
                     raise ValueError(
                         f"{tie!r}: relation {r} maps dim {d} (size {size}) to index {bad}, "
-                        f"outside [-{size}, {size}) on shape {shape}"
+                        f"outside [-{size}, {size}) on shape {target_shape}"
                     )
             component = torch.where(component < 0, component + size, component)
             target.add_(_broadcast(tie, f"relation {r}, dim {d}", component, shape) * strides[d])

@@ -1,0 +1,89 @@
+"""``summary(model)``: what is tied, and how many free parameters remain."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from ._register import _tied_tensors
+
+__all__ = ["TieSummary", "summary"]
+
+
+@dataclass(frozen=True)
+class TieSummaryRow:
+    tensor: str
+    shape: tuple[int, ...]
+    tie: str
+    entries: int
+    free: int
+
+
+@dataclass(frozen=True)
+class TieSummary:
+    """What :func:`summary` returns: rows per tied tensor; ``str()`` is a table."""
+
+    rows: tuple[TieSummaryRow, ...]
+    model_parameters: int
+
+    @property
+    def entries(self) -> int:
+        return sum(r.entries for r in self.rows)
+
+    @property
+    def free(self) -> int:
+        return sum(r.free for r in self.rows)
+
+    def __str__(self) -> str:
+        header = ("tensor", "shape", "tie", "entries", "free", "ratio")
+        lines = [
+            (r.tensor, "x".join(map(str, r.shape)), r.tie, f"{r.entries:,}", f"{r.free:,}",
+             _ratio(r.entries, r.free))
+            for r in self.rows
+        ]
+        lines.append(("total", "", "", f"{self.entries:,}", f"{self.free:,}",
+                      _ratio(self.entries, self.free)))
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+        right = {3, 4, 5}
+
+        def fmt(row: tuple[str, ...]) -> str:
+            return "  ".join(
+                str(x).rjust(w) if k in right else str(x).ljust(w)
+                for k, (x, w) in enumerate(zip(row, widths))
+            ).rstrip()
+
+        rule = "-" * len(fmt(header))
+        body = [fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])]
+        body.append(f"model parameters (free, all tensors): {self.model_parameters:,}")
+        return "\n".join(body)
+
+    __repr__ = __str__
+
+
+def _ratio(entries: int, free: int) -> str:
+    return f"{entries / free:.1f}x" if free else "inf"
+
+
+def summary(model: nn.Module) -> TieSummary:
+    """A table, per tied tensor, of shape, tie, full entries, free parameters and ratio.
+
+    >>> import torch, tietorch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1))
+    >>> _ = tietorch.register_tie(net[0], "weight", tietorch.SymmetricFlip())
+    >>> s = tietorch.summary(net)
+    >>> s.entries, s.free
+    (81, 42)
+    """
+    rows = tuple(
+        TieSummaryRow(
+            tensor=f"{qualname}.{name}" if qualname else name,
+            shape=param.shape,
+            tie=repr(param.tie),
+            entries=math.prod(param.shape),
+            free=param.n_free,
+        )
+        for qualname, _, name, param in _tied_tensors(model)
+    )
+    return TieSummary(rows, sum(p.numel() for p in model.parameters()))
