@@ -6,7 +6,10 @@ broadcasts. ``WORLD=1`` without a mode wrapper is the single-process reference.
 """
 
 import os
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -15,6 +18,7 @@ from torch import nn
 import tietorch as tt
 
 STEPS = 4
+WORKER = Path(__file__)
 
 
 def make_model() -> nn.Module:
@@ -25,13 +29,29 @@ def make_model() -> nn.Module:
     return net
 
 
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
+def transpose(i: torch.Tensor, j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return j, i
+
+
+def make_autoencoder() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 12))
+    tt.tie_tensors([(net[0], "weight"), (net[2], "weight")], relation=transpose)
+    return net
+
+
+def batch(group: bool) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
+    if group:
+        x = torch.randn(8, 12, generator=gen)
+        return x, x
     return torch.randn(8, 3, 8, 8, generator=gen), torch.randn(8, 6, 8, 8, generator=gen)
 
 
-def constraints_hold(net: nn.Module) -> bool:
+def constraints_hold(net: nn.Module, group: bool) -> bool:
     w0, w2 = net[0].weight, net[2].weight
+    if group:
+        return bool(torch.equal(w2, w0.T))
     return bool(
         torch.equal(w0, w0.rot90(1, (2, 3))) and torch.equal(w0, w0.flip(3))
         and torch.equal(w2, -w2.transpose(0, 1).flip(2, 3))
@@ -39,10 +59,12 @@ def constraints_hold(net: nn.Module) -> bool:
 
 
 def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
+    group = mode.endswith("-group")  # a tied autoencoder: one free vector, two weights
+    mode = mode.removesuffix("-group")
     if mode != "single":
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    net = make_model()
+    net = make_autoencoder() if group else make_model()
     model: nn.Module = net
     synced_buffers = -1
     if mode == "ddp":
@@ -56,7 +78,7 @@ def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
         for layer in (net[0], net[2]):
             fully_shard(layer, mesh=mesh)
         fully_shard(net, mesh=mesh)
-    x, y = batch()
+    x, y = batch(group)
     x, y = x.chunk(world)[rank], y.chunk(world)[rank]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(STEPS):
@@ -70,12 +92,33 @@ def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
                  for k, v in net.state_dict().items()}
         for layer in (net[0], net[2]):  # gather the free vectors to check the ties
             layer.unshard()
-        holds = constraints_hold(net)
+        holds = constraints_hold(net, group)
     else:
-        state, holds = net.state_dict(), constraints_hold(net)
+        state, holds = net.state_dict(), constraints_hold(net, group)
     torch.save({"state": state, "holds": holds, "synced_buffers": synced_buffers}, out)
     if mode != "single":
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(mode: str, tmp_path: Path, world: int = 2) -> list[dict]:
+    """Run `world` ranks of this script concurrently; return what each saved."""
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), mode, str(r), str(world), str(port),
+                          str(tmp_path / f"{mode}{r}.pt")],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in range(world)
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    return [torch.load(tmp_path / f"{mode}{r}.pt", weights_only=True) for r in range(world)]
 
 
 if __name__ == "__main__":

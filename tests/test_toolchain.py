@@ -2,19 +2,14 @@
 
 import copy
 import io
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _distributed_worker import run_ranks
 from torch import nn
 from torch.nn.utils import parametrize
 
 import tietorch as tt
-
-WORKER = Path(__file__).with_name("_distributed_worker.py")
 
 
 def make_net(tie_fn=None):
@@ -244,26 +239,6 @@ def test_onnx_export_after_bake():
 
 
 # ---------------------------------------------------------------------------- distributed
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(mode, tmp_path, world=2):
-    port = free_port()
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), mode, str(r), str(world), str(port),
-                          str(tmp_path / f"{mode}{r}.pt")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for r in range(world)
-    ]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-3000:]
-    return [torch.load(tmp_path / f"{mode}{r}.pt", weights_only=True) for r in range(world)]
 
 
 @pytest.fixture(scope="module")

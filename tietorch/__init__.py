@@ -8,6 +8,7 @@ True
 """
 
 from ._checkpoint import dense_state_dict, load_dense_state_dict
+from ._group import tie_model, tie_tensors
 from ._parametrization import TieParametrization
 from ._register import bake, register_tie, remove_tie, tie_modules
 from ._summary import TieSummary, summary
@@ -46,5 +47,7 @@ __all__ = [
     "register_tie",
     "remove_tie",
     "summary",
+    "tie_model",
     "tie_modules",
+    "tie_tensors",
 ]

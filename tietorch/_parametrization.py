@@ -59,6 +59,11 @@ class TieParametrization(nn.Module):
         """The ParametrizationList holding the free vector (None: this tensor's own)."""
         return self.__dict__.get("_owner")
 
+    @property
+    def follows(self) -> nn.Module | None:
+        """For a group member that reads another tensor's free vector: that ParametrizationList."""
+        return None if self.__dict__.get("_is_owner", False) else self.owner
+
     def _place(self, device: torch.device, dtype: torch.dtype) -> None:
         self.index = self._cpu_index.to(device)
         sign = self._cpu_sign
@@ -187,13 +192,16 @@ def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple[Any, ...]:
     # Pickle as the plain class plus the parametrized tensors' names; unpickling rebuilds the
     # generated class. Ties are checked first so a lambda gives a clear message.
     for name in self.parametrizations:
-        for param in self.parametrizations[name]:
-            if isinstance(param, TieParametrization):
+        for first in self.parametrizations[name]:
+            if not isinstance(first, TieParametrization):
+                continue
+            # A group's owner pickles its followers too.
+            for param in [first, *first.__dict__.get("_followers", [])]:
                 try:
                     pickle.dumps(param.tie)
                 except Exception as error:
                     raise TypeError(
-                        f"cannot pickle {type(self).__name__}.{name}: its tie {param.tie!r} is "
+                        f"cannot pickle {type(self).__name__}.{name}: the tie {param.tie!r} is "
                         f"not picklable ({error}); declare it with a module-level function or "
                         "class, or save model.state_dict() and rebuild the model in code"
                     ) from None

@@ -122,11 +122,10 @@ def remove_tie(module: nn.Module, name: str) -> None:
             f"remove_tie: {where} holds the free vector of a group of tied tensors that "
             f"{len(followers)} other tensor(s) still read; remove_tie those first, or bake(model)"
         )
-    owner = param.owner
-    is_member = owner is not None and not param.__dict__.get("_is_owner", False)
+    owner = param.follows
     requires_grad = param.__dict__.get("_requires_grad", True)
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    if is_member:
+    if owner is not None:
         # Its placeholder was a buffer, so parametrize restored a buffer: make it a Parameter.
         value = module._buffers.pop(name)
         module.register_parameter(name, nn.Parameter(value.detach(), requires_grad))
@@ -155,7 +154,7 @@ def bake(model: nn.Module) -> nn.Module:
     """
     tied = _tied_tensors(model)
     # Members of a group read their owner's free vector: untie them before the owner.
-    tied.sort(key=lambda item: item[3].owner is None or item[3].__dict__.get("_is_owner", False))
+    tied.sort(key=lambda item: item[3].follows is None)
     for _, module, name, _ in tied:
         remove_tie(module, name)
     return model

@@ -76,14 +76,20 @@ def summary(model: nn.Module) -> TieSummary:
     >>> s.entries, s.free
     (81, 42)
     """
-    rows = tuple(
-        TieSummaryRow(
+    tied = _tied_tensors(model)
+    names = {
+        id(module.parametrizations[name]): f"{qualname}.{name}" if qualname else name
+        for qualname, module, name, _ in tied
+    }
+    rows = []
+    for qualname, _, name, param in tied:
+        follows = param.follows
+        tie = repr(param.tie) if follows is None else f"{param.tie!r} (owner {names[id(follows)]})"
+        rows.append(TieSummaryRow(
             tensor=f"{qualname}.{name}" if qualname else name,
             shape=param.shape,
-            tie=repr(param.tie),
+            tie=tie,
             entries=math.prod(param.shape),
-            free=param.n_free,
-        )
-        for qualname, _, name, param in _tied_tensors(model)
-    )
-    return TieSummary(rows, sum(p.numel() for p in model.parameters()))
+            free=param.n_free if follows is None else 0,  # a group's vector counts once
+        ))
+    return TieSummary(tuple(rows), sum(p.numel() for p in model.parameters()))
