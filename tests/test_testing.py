@@ -110,7 +110,9 @@ class Tampered(tt.Symmetric):
         base = tt.Symmetric().layout(shape)
         layout = TieLayout(base.index.clone(), base.n_free, torch.ones(shape, dtype=torch.int8))
         for attribute, change in self.changes.items():
-            setattr(layout, attribute, change(layout))
+            # TieLayout's fields are read-only properties; reach past them as a buggy
+            # hand-written layout class could.
+            setattr(layout, f"_{attribute}", change(layout))
         return layout if self.returns is None else self.returns(layout)
 
     def __repr__(self):

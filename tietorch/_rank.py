@@ -52,7 +52,7 @@ def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
         ]
         s = np.broadcast_to(np.asarray(torch.as_tensor(sign)), shape).reshape(-1)
         for x in range(n):
-            target = tuple(int(t[x]) % size for t, size in zip(targets, shape))
+            target = tuple(_wrap(int(t[x]), size, tie) for t, size in zip(targets, shape))
             y = int(np.ravel_multi_index(target, shape)) if shape else 0
             row = np.zeros(n)
             row[x] += 1.0
@@ -60,6 +60,13 @@ def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
             if row.any():
                 rows.append(row)
     return rows
+
+
+def _wrap(i: int, size: int, tie: Tie) -> int:
+    """Python-style wrapping of a negative index; anything else out of range is refused."""
+    if not -size <= i < size:
+        raise ValueError(f"{tie!r}: relation index {i} is outside [-{size}, {size})")
+    return i % size
 
 
 def constraint_matrix(tie: Tie, shape: tuple[int, ...]) -> np.ndarray:

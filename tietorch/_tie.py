@@ -61,7 +61,7 @@ class TieLayout:
         tensor([1., 2., 3.])
     """
 
-    __slots__ = ("_counts", "index", "n_free", "sign")
+    __slots__ = ("_counts", "_index", "_n_free", "_sign")
 
     def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
         index = torch.as_tensor(index)
@@ -95,10 +95,23 @@ class TieLayout:
             raise ValueError(
                 f"TieLayout: every free parameter must be used by some entry; unused: {unused}"
             )
-        self.index = index
-        self.n_free = n_free
-        self.sign = sign
+        self._index = index
+        self._n_free = n_free
+        self._sign = sign
         self._counts = counts
+
+    # Read-only: the class sizes (and every parametrization built from them) must stay valid.
+    @property
+    def index(self) -> Tensor:
+        return self._index
+
+    @property
+    def n_free(self) -> int:
+        return self._n_free
+
+    @property
+    def sign(self) -> Tensor | None:
+        return self._sign
 
     @property
     def shape(self) -> Shape:
@@ -267,7 +280,7 @@ class Tie:
         >>> seed.layout((3, 3, 3, 3)).n_free  # nf(nf-1)/2*k*k + nf*ceil(k*k/2)
         42
         """
-        if not callable(sign) and sign not in (1, -1):
+        if not callable(sign) and not (isinstance(sign, int) and sign in (1, -1)):
             raise ValueError(f"Tie.from_relation: sign must be +1, -1 or a function, got {sign!r}")
         return _FunctionTie(relation=fn, sign=sign, name=name)
 
