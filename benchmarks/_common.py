@@ -6,6 +6,9 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import torch
+from torch import nn
+
 
 def interleaved_medians(
     variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
@@ -21,6 +24,18 @@ def interleaved_medians(
             fn()
             samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One SGD step (forward, backward, update) on a squared-output loss, as a closure."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        opt.step()
+
+    return step
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

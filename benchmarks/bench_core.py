@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import tietorch as tt  # noqa: E402
-from benchmarks._common import interleaved_medians, table  # noqa: E402
+import tietorch as tt
+from benchmarks._common import interleaved_medians, table, training_step
 
 
 class SeedRedundant(nn.Module):
@@ -33,17 +33,6 @@ class SeedRedundant(nn.Module):
         return F.conv2d(x, w, self.bias, padding=1)
 
 
-def training_step(model: nn.Module, x: torch.Tensor):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        opt.step()
-
-    return step
-
-
 def bench_training(repeats: int) -> str:
     torch.manual_seed(0)
     x = torch.randn(32, 64, 32, 32)
@@ -51,11 +40,9 @@ def bench_training(repeats: int) -> str:
     tied = nn.Conv2d(64, 64, 3, padding=1)
     tt.register_tie(tied, "weight", tt.SymmetricFlip())
     seed = SeedRedundant(plain)
-    train = interleaved_medians(
-        {name: training_step(m, x) for name, m in
-         [("plain Conv2d", plain), ("tied (SymmetricFlip)", tied), ("seed (W0+W0.T.flip)/2", seed)]},
-        repeats,
-    )
+    models = {"plain Conv2d": plain, "tied (SymmetricFlip)": tied,
+              "seed (W0+W0.T.flip)/2": seed}
+    train = interleaved_medians({k: training_step(m, x) for k, m in models.items()}, repeats)
 
     def evaluate(model: nn.Module, cached: bool):
         def run() -> None:

@@ -20,19 +20,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import tietorch as tt  # noqa: E402
-from benchmarks._common import interleaved_medians, table  # noqa: E402
-
-
-def training_step(model: nn.Module, x: torch.Tensor):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        opt.step()
-
-    return step
+import tietorch as tt
+from benchmarks._common import interleaved_medians, table, training_step
 
 
 def bench_compile(quick: bool) -> str:
