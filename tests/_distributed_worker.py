@@ -70,28 +70,34 @@ def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
     if mode == "ddp":
         model = nn.parallel.DistributedDataParallel(net)
         synced_buffers = sum(b.numel() * b.element_size() for b in model.modules_buffers)
-    elif mode == "fsdp":
+    elif mode.startswith("fsdp"):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh("cpu", (world,))
-        for layer in (net[0], net[2]):
+        # "fsdp_split" puts the two members of a group in separate units: refused clearly.
+        units = (net[0], net[2]) if not group or mode == "fsdp_split" else ()
+        for layer in units:
             fully_shard(layer, mesh=mesh)
         fully_shard(net, mesh=mesh)
     x, y = batch(group)
     x, y = x.chunk(world)[rank], y.chunk(world)[rank]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(STEPS):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-    if mode == "fsdp":
+    try:
+        for _ in range(STEPS):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    except RuntimeError as error:
+        torch.save({"error": str(error)}, out)
+        return
+    if mode.startswith("fsdp"):
         from torch.distributed.tensor import DTensor
 
         state = {k: v.full_tensor() if isinstance(v, DTensor) else v
                  for k, v in net.state_dict().items()}
-        for layer in (net[0], net[2]):  # gather the free vectors to check the ties
-            layer.unshard()
+        for unit in units or (net,):  # gather the free vectors to check the ties
+            unit.unshard()
         holds = constraints_hold(net, group)
     else:
         state, holds = net.state_dict(), constraints_hold(net, group)

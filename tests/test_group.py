@@ -287,9 +287,26 @@ def test_one_conv_shared_by_branches_matches_the_loop():
     assert torch.equal(out, loop)
 
 
-def test_ddp_trains_a_group_like_one_process(tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_distributed_training_of_a_group_matches_one_process(mode, tmp_path):
     (reference,) = run_ranks("single-group", tmp_path, world=1)
-    for result in run_ranks("ddp-group", tmp_path):
+    for result in run_ranks(f"{mode}-group", tmp_path):
         assert result["holds"]
         for key, value in reference["state"].items():
             assert torch.allclose(result["state"][key], value, atol=1e-6), key
+
+
+def test_fsdp_units_that_split_a_group_are_refused_clearly(tmp_path):
+    for result in run_ranks("fsdp_split-group", tmp_path):
+        assert "keep every tensor of a tie group inside one FSDP unit" in result["error"]
+
+
+def test_assigning_a_member_that_reads_part_of_the_vector():
+    big, part = nn.Module(), nn.Module()
+    big.weight = nn.Parameter(torch.randn(4, 5))
+    part.weight = nn.Parameter(torch.randn(2, 5))
+    tt.tie_tensors([(big, "weight"), (part, "weight")], relation=lambda i, j: (i + 2, j))
+    top = big.weight[:2].detach().clone()
+    part.weight = torch.ones(2, 5)
+    assert torch.equal(big.weight[2:], torch.ones(2, 5))  # the classes it reads are set
+    assert torch.equal(big.weight[:2], top)  # the others keep their values

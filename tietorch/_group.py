@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from ._classes import _RelationConstraint, solve
 from ._parametrization import TieParametrization, _install
-from ._register import _log, _prepare, register_tie, relative_error
+from ._register import Init, _check_init, _log, _prepare, register_tie, relative_error
 from ._tie import Tie, _evaluate_relations, _grids, gather, signed_mean
 
 __all__ = ["tie_tensors", "tie_model"]
@@ -99,6 +99,7 @@ def _plan(
     sign: int | Callable[..., Any] | Sequence[int | Callable[..., Any]],
     ties: Sequence[Tie | None] | None,
     model: nn.Module | None,
+    init: Init = "project",
 ) -> _Plan:
     """Validate and solve a group without touching any module."""
     resolved = [_resolve(item, model) for item in tensors]
@@ -171,6 +172,8 @@ def _plan(
         sign_float = None if sign_flat is None else sign_flat.to(flat)
         theta = signed_mean(flat, index.to(flat.device), sign_float, 1 / counts.clamp_min(1))
         error = relative_error(flat, gather(theta, index.to(flat.device), sign_float, flat.shape))
+        if init == "preserve_std":
+            theta = theta * counts.clamp_min(1).sqrt()
     return _Plan(members, descriptions, index, sign_flat, n_free, theta, error)
 
 
@@ -212,6 +215,7 @@ def tie_tensors(
     ties: Sequence[Tie | None] | None = None,
     *,
     model: nn.Module | None = None,
+    init: Init = "project",
 ) -> float:
     """Tie several tensors, possibly of different shapes, to one minimal free vector.
 
@@ -241,13 +245,17 @@ def tie_tensors(
         >>> sum(p.numel() for m in (enc, dec) for p in m.parameters())  # 24 + 3 + 8
         35
     """
-    plan = _plan(tensors, relation, sign, ties, model)
+    _check_init(init)
+    plan = _plan(tensors, relation, sign, ties, model, init)
     _apply(plan)
     return plan.error
 
 
 def tie_model(
-    model: nn.Module, spec: Mapping[str | tuple[str, ...], Tie | Relation | None]
+    model: nn.Module,
+    spec: Mapping[str | tuple[str, ...], Tie | Relation | None],
+    *,
+    init: Init = "project",
 ) -> dict[str, float]:
     """Declare every tie of a model by qualified names, all checked before any is applied.
 
@@ -270,6 +278,7 @@ def tie_model(
         >>> torch.equal(lm["head"].weight, lm["embed"].weight)
         True
     """
+    _check_init(init)
     within: dict[str, Tie] = {}
     groups: list[tuple[tuple[str, ...], Relation | None]] = []
     for key, value in spec.items():
@@ -290,7 +299,7 @@ def tie_model(
         raise ValueError(f"tie_model: {repeated} appear in more than one group; merge the groups")
 
     plans = [
-        _plan(names, relation, 1, [within.get(n) for n in names], model)
+        _plan(names, relation, 1, [within.get(n) for n in names], model, init)
         for names, relation in groups
     ]
     singles = []
@@ -309,5 +318,5 @@ def tie_model(
         _apply(plan)
         errors[names[0]] = plan.error
     for name, module, tensor_name, tie in singles:
-        errors[name] = register_tie(module, tensor_name, tie)
+        errors[name] = register_tie(module, tensor_name, tie, init=init)
     return errors

@@ -13,6 +13,11 @@ from torch.nn.utils import parametrize
 
 from ._tie import gather, signed_mean
 
+try:  # FSDP2 shards parameters as DTensors; a tie cannot gather from a shard
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # pragma: no cover - builds without torch.distributed
+    _DTensor = ()  # type: ignore[assignment,misc]
+
 __all__ = ["TieParametrization"]
 
 
@@ -81,6 +86,12 @@ class TieParametrization(nn.Module):
         owner = self.owner
         if owner is not None:
             theta = owner.original
+        if isinstance(theta, _DTensor):
+            raise RuntimeError(
+                f"{self.tie!r}: the free vector is still sharded by FSDP here. Read tied "
+                "weights inside forward or after module.unshard(), and keep every tensor of a "
+                "tie group inside one FSDP unit (fully_shard their common parent)"
+            )
         return gather(theta, self.index, self.sign, self.shape)
 
     def right_inverse(self, weight: Tensor) -> Tensor:
@@ -98,7 +109,8 @@ class TieParametrization(nn.Module):
         if owner is None:
             return theta
         if not self._covers_all:  # classes without an entry here keep their value
-            theta = torch.where(self.inverse_counts < 1, theta, owner.original.detach())
+            covered = self._cpu_counts.to(theta.device) > 0
+            theta = torch.where(covered, theta, owner.original.detach())
         if self.__dict__.get("_is_owner", False):
             return theta
         owner.original.copy_(theta)
@@ -106,6 +118,12 @@ class TieParametrization(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.tie!r}, shape={self.shape}, n_free={self.n_free}"
+
+
+def _label(module: nn.Module, name: str) -> str:
+    """``Linear.weight``: the module's own class name, not parametrize's generated one."""
+    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+    return f"{cls.__name__}.{name}"
 
 
 def _tie_of(module: nn.Module, name: str) -> TieParametrization | None:
@@ -148,6 +166,9 @@ def _install(
     Callers have validated everything first, so this does not fail half-way.
     """
     param._initial = initial
+    old = getattr(module, name)
+    if old.grad is not None:  # a gradient of the full tensor means nothing for the free vector
+        old.grad = None
     parametrize.register_parametrization(module, name, param)
     if not module.__dict__.get("_tietorch_hooked", False):
         # with_module: the hook gets the module as an argument and follows deepcopies.

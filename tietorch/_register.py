@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._parametrization import TieParametrization, _install, _tie_of
+from ._parametrization import TieParametrization, _install, _label, _tie_of
 from ._tie import Tie, TieLayout
 
 __all__ = ["register_tie", "remove_tie", "bake", "tie_modules"]
@@ -19,9 +19,14 @@ _log = logging.getLogger("tietorch")
 Init = Literal["project", "preserve_std"]
 
 
+def _check_init(init: str) -> None:
+    if init not in ("project", "preserve_std"):
+        raise ValueError(f"init must be 'project' or 'preserve_std', got {init!r}")
+
+
 def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]:
     """Everything that can refuse a tie, run before the module is touched."""
-    where = f"{type(module).__name__}.{name}"
+    where = _label(module, name)
     if not isinstance(tie, Tie):
         raise TypeError(f"register_tie({where}): expected a tietorch.Tie, got {type(tie).__name__}")
     existing = _tie_of(module, name)
@@ -79,10 +84,9 @@ def register_tie(module: nn.Module, name: str, tie: Tie, *, init: Init = "projec
         >>> [p.numel() for p in conv.parameters()]  # bias, then 4*3/2*9 + 4*5 free weights
         [4, 74]
     """
-    if init not in ("project", "preserve_std"):
-        raise ValueError(f"register_tie: init must be 'project' or 'preserve_std', got {init!r}")
+    _check_init(init)
     tensor, layout = _prepare(module, name, tie)
-    where = f"{type(module).__name__}.{name}"
+    where = _label(module, name)
     param = TieParametrization(tie, layout.index, layout.sign, layout.n_free, tensor)
     with torch.no_grad():
         theta = param.right_inverse(tensor)
@@ -108,7 +112,7 @@ def remove_tie(module: nn.Module, name: str) -> None:
     >>> lin.weight.shape, torch.equal(lin.weight, lin.weight.T)
     (torch.Size([3, 3]), True)
     """
-    where = f"{type(module).__name__}.{name}"
+    where = _label(module, name)
     param = _tie_of(module, name)
     if param is None:
         raise ValueError(f"remove_tie: {where} is not tied")

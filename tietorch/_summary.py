@@ -19,6 +19,7 @@ class TieSummaryRow:
     tie: str
     entries: int
     free: int
+    owner: str | None = None  # for a group member: the tensor that holds its free vector
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,16 @@ class TieSummary:
     def free(self) -> int:
         return sum(r.free for r in self.rows)
 
+    def _group_entries(self, row: TieSummaryRow) -> int:
+        """Entries that read ``row``'s free vector: its own and its group members'."""
+        return row.entries + sum(r.entries for r in self.rows if r.owner == row.tensor)
+
     def __str__(self) -> str:
         header = ("tensor", "shape", "tie", "entries", "free", "ratio")
         lines = [
-            (r.tensor, "x".join(map(str, r.shape)), r.tie, f"{r.entries:,}", f"{r.free:,}",
-             _ratio(r.entries, r.free))
+            (r.tensor, "x".join(map(str, r.shape)), r.tie, f"{r.entries:,}",
+             f"{r.free:,}" if r.owner is None else "shared",
+             _ratio(self._group_entries(r), r.free) if r.owner is None else "")
             for r in self.rows
         ]
         lines.append(("total", "", "", f"{self.entries:,}", f"{self.free:,}",
@@ -84,12 +90,13 @@ def summary(model: nn.Module) -> TieSummary:
     rows = []
     for qualname, _, name, param in tied:
         follows = param.follows
-        tie = repr(param.tie) if follows is None else f"{param.tie!r} (owner {names[id(follows)]})"
+        owner = None if follows is None else names[id(follows)]
         rows.append(TieSummaryRow(
             tensor=f"{qualname}.{name}" if qualname else name,
             shape=param.shape,
-            tie=tie,
+            tie=repr(param.tie) if owner is None else f"{param.tie!r} (owner {owner})",
             entries=math.prod(param.shape),
-            free=param.n_free if follows is None else 0,  # a group's vector counts once
+            free=param.n_free if owner is None else 0,  # a group's vector counts once
+            owner=owner,
         ))
     return TieSummary(tuple(rows), sum(p.numel() for p in model.parameters()))
