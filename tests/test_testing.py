@@ -463,3 +463,14 @@ def test_import_tietorch_without_hypothesis():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'pip install "tietorch[testing]"' in result.stdout
+
+
+def test_over_tying_is_caught_beyond_the_dense_rank_limit():
+    class ToeplitzButConstant(tt.Toeplitz):
+        """Declares Toeplitz, but its closed-form layout ties every entry together."""
+
+        def layout(self, shape):
+            return TieLayout(torch.zeros(shape, dtype=torch.long), 1)
+
+    with pytest.raises(AssertionError, match=r"over-ties.*n_free = 1.*leave 59 free.*ties W\["):
+        check_tie(ToeplitzButConstant(), shapes=[(30, 30)], max_examples=2)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 from torch import Tensor
 
+from .._classes import solve
 from .._rank import constraint_matrix, solution_dimension
 from .._tie import AllOf, Tie, TieLayout, _evaluate_key, _evaluate_relations, _grids
 from .strategies import _as_shape, _refusal, shapes_for
@@ -55,7 +56,9 @@ def check_tie(
        by dense rank (``tietorch._rank.solution_dimension``), so a layout that ties too much
        (over-ties: some tensor that satisfies the declaration cannot be represented; the message
        names two entries it ties that the declaration leaves independent) or too little
-       (under-ties: too many free parameters) is caught.
+       (under-ties: too many free parameters) is caught. On larger shapes, over-tying is
+       caught by comparing with tietorch's own solve of the declaration (under-tying always
+       breaks a declared relation, check 2).
     4. **projection and gradients**: ``materialize(project(W))`` is idempotent and orthogonal
        (the residual is orthogonal to every tied direction), ``project(materialize(theta))``
        gives ``theta`` back, and backpropagating ``sum(W * R)`` (``R`` random) gives each free
@@ -431,6 +434,10 @@ class _Checker:
                     f"tensors that satisfy the declaration cannot be represented: "
                     f"{_overtie_witness(declared, layout, shape)}"
                 )
+            if dim is None and declared is not None:
+                overtie = _overtie_by_solver(declared, layout, shape)
+                if overtie:
+                    _fail(f"{where}: the layout over-ties (ties too much): {overtie}")
             if dim is not None and layout.n_free > dim:
                 _fail(
                     f"{where}: the layout under-ties (ties too little): n_free = {layout.n_free}, "
@@ -553,6 +560,33 @@ def _overtie_witness(declared: Tie, layout: TieLayout, shape: Shape) -> str:
     return (
         f"the layout ties {_entry(x, shape)} = {float(relative[x]):+g} * {_entry(y, shape)} "
         f"(both read free parameter {k}), which the declaration does not impose"
+    )
+
+
+def _overtie_by_solver(declared: Tie, layout: TieLayout, shape: Shape) -> str | None:
+    """On shapes too large for the dense rank: compare with the library's solve of the
+    declaration (independent of a hand-written layout). Under-tying needs no such help: it
+    always breaks a declared relation, which the rules check directly."""
+    n = math.prod(shape)
+    ref_index, ref_n_free, ref_sign = solve(n, declared._constraints(shape))
+    index, _, live = _flat_parts(layout)
+    ref_live = torch.ones(n, dtype=torch.bool) if ref_sign is None else ref_sign != 0
+    zeroed = ~live & ref_live
+    if zeroed.any():
+        return f"it forces {_entry(_first(zeroed), shape)} to zero, the declaration does not"
+    if layout.n_free >= ref_n_free:
+        return None
+    # Some free parameter serves entries of two declared classes: name two such entries.
+    first_ref = torch.full((max(layout.n_free, 1),), -1, dtype=torch.long)
+    first_ref[index[live].flip(0)] = ref_index[live].flip(0)  # a declared class per parameter
+    mixed = live & (first_ref[index] != ref_index)
+    x = _first(mixed)
+    y = _first(live & (index == index[x]) & (ref_index == first_ref[index[x]]))
+    return (
+        f"n_free = {layout.n_free}, but the declared constraints leave {ref_n_free} free "
+        f"(counted by tietorch's solver, as the shape has more than {RANK_CHECK_MAX_NUMEL} "
+        f"entries); it ties {_entry(x, shape)} and {_entry(y, shape)} (both read free "
+        f"parameter {int(index[x])}), which the declaration does not impose"
     )
 
 
