@@ -13,6 +13,7 @@ from ._parametrization import TieParametrization
 from ._register import bake, register_tie, remove_tie, tie_modules
 from ._summary import TieSummary, summary
 from ._tie import Tie, TieLayout
+from .layers import LocallyConnected1d, LocallyConnected2d, unshare
 from .ties import (
     Antisymmetric,
     Circulant,
@@ -22,6 +23,7 @@ from .ties import (
     ShareAlong,
     Symmetric,
     SymmetricFlip,
+    TileShare,
     Toeplitz,
 )
 
@@ -31,6 +33,8 @@ __all__ = [
     "Antisymmetric",
     "Circulant",
     "Hankel",
+    "LocallyConnected1d",
+    "LocallyConnected2d",
     "KernelSymmetry",
     "ShareAcrossGroups",
     "ShareAlong",
@@ -40,6 +44,7 @@ __all__ = [
     "TieLayout",
     "TieParametrization",
     "TieSummary",
+    "TileShare",
     "Toeplitz",
     "bake",
     "dense_state_dict",
@@ -50,4 +55,5 @@ __all__ = [
     "tie_model",
     "tie_modules",
     "tie_tensors",
+    "unshare",
 ]

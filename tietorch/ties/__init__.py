@@ -4,6 +4,7 @@ from .kernel import KernelSymmetry
 from .share import ShareAcrossGroups, ShareAlong
 from .structured import Circulant, Hankel, Toeplitz
 from .symmetric import Antisymmetric, Symmetric, SymmetricFlip
+from .tile_share import TileShare
 
 __all__ = [
     "Antisymmetric",
@@ -14,5 +15,6 @@ __all__ = [
     "ShareAlong",
     "Symmetric",
     "SymmetricFlip",
+    "TileShare",
     "Toeplitz",
 ]

@@ -1,0 +1,245 @@
+"""Locally connected layers: speed (forward+backward) and peak memory against nn.Conv2d, the
+forum snippet the capability started from (seeds/000), and plain unfold+einsum.
+
+Run: ``python benchmarks/bench_locally_connected.py [--quick]`` (or ``python -m benchmarks``).
+
+Protocol (as in the research notes): one training step's forward+backward, ``y.backward(g)``
+with a fixed random ``g``, parameter gradients reset to None before each step; the input does
+not require grad (a first layer) except in the "+grad x" case. All variants of a case run
+interleaved round-robin in one process; the figures are medians in ms. Peak memory is measured
+per case in a fresh subprocess, two ways: "RSS" is the rise of the process's peak resident
+memory during one step above its resident memory just before it (``/proc/self/clear_refs``
+resets the peak, ``malloc_trim`` first hands freed heap back, one warm-up step excluded), so it
+includes library scratch (oneDNN, MKL); "tensors" is the peak of the live-tensor total during
+the step from the PyTorch profiler's allocator events (``profile_memory=True``). Inputs,
+parameters and ``g`` exist before the step and are not counted; the LC kernels' cached scratch
+buffers are released before the step, so they are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import interleaved_medians, table
+from tietorch.layers import _lc_function as _lc
+from tietorch.layers.locally_connected import LocallyConnected2d
+
+# name: (batch, in_channels, out_channels, size, kernel, stride, input requires grad)
+CASES = {
+    "main": (32, 3, 64, 32, 3, 1, False),
+    "main +grad x": (32, 3, 64, 32, 3, 1, True),
+    "mid": (32, 16, 32, 32, 3, 1, False),
+    "strided k5 s2": (32, 16, 32, 32, 5, 2, False),
+    "batch 256": (256, 3, 64, 32, 3, 1, False),
+    "batch 1": (1, 3, 64, 32, 3, 1, False),
+}
+# (repeats default, repeats --quick); the forum snippet is skipped where it would need GBs
+REPEATS = {"main": (40, 12), "main +grad x": (20, 0), "mid": (12, 4), "strided k5 s2": (20, 0),
+           "batch 256": (8, 0), "batch 1": (40, 0)}
+FORUM_MAX_PRODUCT = 600 << 20  # bytes of the snippet's broadcast product we accept to run
+# tf-keras 2.21 LocallyConnected2D implementation=1, fwd+bwd, from the research notes (this
+# machine kind); Keras is not a dependency, so these are quoted, not re-measured.
+KERAS_IMPL1_MS = {"main": 52.0, "mid": 154.0}
+
+
+class ForumLocallyConnected2d(nn.Module):
+    """The forum answer (seeds/000), verbatim apart from formatting and an unused unpacking."""
+
+    def __init__(self, in_channels, out_channels, output_size, kernel_size, stride, bias=False):
+        super().__init__()
+        output_size = _pair(output_size)
+        self.weight = nn.Parameter(
+            torch.randn(1, out_channels, in_channels, output_size[0], output_size[1],
+                        kernel_size**2)
+        )
+        if bias:
+            self.bias = nn.Parameter(torch.randn(1, out_channels, output_size[0], output_size[1]))
+        else:
+            self.register_parameter("bias", None)
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+
+    def forward(self, x):
+        kh, kw = self.kernel_size
+        dh, dw = self.stride
+        x = x.unfold(2, kh, dh).unfold(3, kw, dw)
+        x = x.contiguous().view(*x.size()[:-2], -1)
+        out = (x.unsqueeze(1) * self.weight).sum([2, -1])
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+
+def build(case: str, channels_last_copy: bool = True):
+    """(x, g, {variant: module}) for a case; every module maps x to g's shape."""
+    batch, cin, cout, size, k, stride, grad_x = CASES[case]
+    torch.manual_seed(0)
+    x = torch.randn(batch, cin, size, size, requires_grad=grad_x)
+    conv = nn.Conv2d(cin, cout, k, stride=stride)
+    out = (size - k) // stride + 1
+    g = torch.randn(batch, cout, out, out)
+    mods: dict[str, nn.Module] = {"nn.Conv2d": conv}
+    product = batch * cout * cin * out * out * k * k * 4
+    if product <= FORUM_MAX_PRODUCT:
+        mods["forum snippet (seed 000)"] = ForumLocallyConnected2d(cin, cout, out, k, stride, True)
+    mods["unfold+einsum (impl unfold)"] = LocallyConnected2d(
+        cin, cout, k, size, stride=stride, implementation="unfold")
+    mods["LC batched"] = LocallyConnected2d(cin, cout, k, size, stride=stride,
+                                            implementation="batched")
+    mods["LC chunked"] = LocallyConnected2d(cin, cout, k, size, stride=stride,
+                                            implementation="chunked")
+    if channels_last_copy:
+        mods["LC auto, channels_last x"] = LocallyConnected2d(cin, cout, k, size, stride=stride)
+    return x, g, mods
+
+
+def step_fn(module: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    params = list(module.parameters())
+    if isinstance(module, LocallyConnected2d) and module.implementation == "auto":
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
+        g = g.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        x.grad = None
+        module(x).backward(g)
+
+    return step
+
+
+def auto_choice(case: str) -> str:
+    batch, cin, cout, size, k, stride, _ = CASES[case]
+    layer = LocallyConnected2d(cin, cout, k, size, stride=stride)
+    name, rows = layer._plan(batch, torch.float32)
+    return name if rows is None else f"{name} ({rows} of {layer.output_size[0]} rows/chunk)"
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def _rss_peak_mb(step) -> float | None:
+    """Rise of peak RSS during ``step`` above the RSS just before it, in MiB (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return None
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    before = status("VmRSS:")
+    step()
+    return (status("VmHWM:") - before) / 2**20
+
+
+def _tensor_peak_mb(step) -> float:
+    """Peak of the live-tensor total during ``step`` (profiler allocator events), in MiB."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def memory_worker(case: str) -> None:
+    """Runs in a fresh process: prints {variant: [rss MiB, tensor MiB]} as JSON."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    x, g, mods = build(case)
+    result = {}
+    for name, module in mods.items():
+        step = step_fn(module, x, g)
+        step()  # warm-up: one-time library setup is not the layer's memory
+        for p in module.parameters():
+            p.grad = None
+        _lc.free_workspace()  # the LC kernels' reused scratch counts as the step's memory
+        rss = _rss_peak_mb(step)
+        for p in module.parameters():
+            p.grad = None
+        _lc.free_workspace()
+        result[name] = [rss, _tensor_peak_mb(step)]
+    print(json.dumps(result))
+
+
+def measure_memory(case: str) -> dict[str, list[float | None]]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-worker", case],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def run(quick: bool) -> str:
+    rows = []
+    notes = []
+    for case in CASES:
+        repeats = REPEATS[case][1 if quick else 0]
+        if repeats == 0:
+            continue
+        x, g, mods = build(case)
+        times = interleaved_medians({n: step_fn(m, x, g) for n, m in mods.items()}, repeats)
+        mem = measure_memory(case) if (not quick or case == "main") else {}
+        conv = times["nn.Conv2d"]
+        forum = times.get("forum snippet (seed 000)")
+        for name, ms in times.items():
+            rss, tensors = mem.get(name, [None, None])
+            rows.append([
+                case, name, ms, ms / conv,
+                f"{forum / ms:.1f}x" if forum else "-",
+                "-" if rss is None else round(rss, 1),
+                "-" if tensors is None else round(tensors, 1),
+            ])
+        b, cin, cout, size, k, s, _ = CASES[case]
+        notes.append(f"{case}: B={b}, {cin}->{cout}, {size}x{size}, k={k}, stride={s}; "
+                     f"auto picks {auto_choice(case)}")
+        if case in KERAS_IMPL1_MS:
+            picked = times[f"LC {auto_choice(case).split()[0]}"]  # what "auto" runs
+            notes.append(f"  Keras impl 1 (quoted, notes) {KERAS_IMPL1_MS[case]:.0f} ms: "
+                         f"LC (auto) is {KERAS_IMPL1_MS[case] / picked:.1f}x faster")
+    header = ["case", "variant", "ms", "x Conv2d", "vs forum", "RSS MiB", "tensors MiB"]
+    return table(header, rows) + "\n" + "\n".join(notes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="main and mid cases only, ~20 s")
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args(argv)
+    if args.memory_worker:
+        memory_worker(args.memory_worker)
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"chunk budget {_lc.SCRATCH_BUDGET >> 20} MiB")
+    print(run(args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Kernels for locally connected layers (private).
+
+A locally connected layer is a convolution whose kernel differs at every output location::
+
+    y[b, o, i, j] = bias[i, j, o]
+                    + sum_{c, a, d} W[i, j, o, c, a, d] * x_pad[b, c, i*sh + a*dh, j*sw + d*dw]
+
+with the weight stored location-major, ``W: (Ho, Wo, O, C, kh, kw)``. A 1-d layer is the 2-d case
+with ``H = Ho = kh = 1``.
+
+Two implementations, same arithmetic:
+
+``_LocallyConnectedGemm`` (a custom ``torch.autograd.Function``)
+    One small GEMM per output location, run as ``bmm`` over blocks of output rows (all rows at
+    once for "batched"). Every ``bmm`` operand is contiguous or plainly transposed, so ATen
+    hands the whole batch to the BLAS instead of falling back to one small ``mm`` (plus a
+    clone) per location, which is what autograd through the permutes of a naive
+    unfold+einsum/bmm runs into. Layouts:
+
+    * the input is copied once to ``xt: (H_pad, W_pad, C, B)`` (zero padding included, batch
+      innermost) and that copy is what backward keeps (input-sized, like conv keeping x);
+    * a block's patches are gathered from ``xt`` into a contiguous ``PT: (n, K, B)``,
+      ``K = C*kh*kw`` in the weight's own ``(C, kh, kw)`` order, so the weight is used as
+      stored, never copied; they are recomputed in backward rather than saved;
+    * forward: ``out (n, B, O) = PT^T @ W^T`` (``baddbmm`` adds the bias in the same pass),
+      copied into ``(B, L, O)`` (moves rows of ``O``: cheap); the result is that tensor viewed
+      as channels-last NCHW, made contiguous by ATen's fast NHWC -> NCHW transpose unless the
+      input was channels-last. (A direct ``(L, B, O) -> (B, O, L)`` permute-copy, or writing
+      each block straight into the NCHW output, costs 2-3x more on this kind of CPU.)
+    * backward, per block: ``grad_out`` rows are read (strided) into a small contiguous
+      ``G: (n, B, O)``, faster than a whole-tensor layout change and with no grad-sized
+      temporary; ``grad_W (n, O, K) = G^T @ PT^T`` is written straight into the weight
+      gradient; ``grad_PT (n, K, B) = W^T @ G^T``; ``grad_x`` is formed by ``kh*kw`` strided
+      adds into a ``(H_pad, W_pad, C, B)`` buffer (no ``F.fold``); the bias gradient is a sum
+      over the batch.
+
+    Blocks of rows keep the patch and GEMM buffers small and reused (bounded memory, better
+    cache use) at the price of a few more Python-level ops per block; ``rows=None`` runs one
+    block. On CPU the temporaries that never leave a call (staging and chunk buffers) are
+    kept per thread between calls (see ``_Workspace``). The backward is not differentiable a
+    second time (``once_differentiable``).
+
+``locally_connected_unfold``
+    Plain autograd: ``F.unfold`` + ``einsum``. Slower (its backward hits the per-location
+    ``mm`` fallback), but twice differentiable and usable under ``torch.func`` transforms.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__: list[str] = []
+
+
+class Geometry(NamedTuple):
+    """Everything that fixes the locations of a 2-d locally connected layer (all ints)."""
+
+    in_size: tuple[int, int]  # (H, W) of the unpadded input
+    kernel: tuple[int, int]  # (kh, kw)
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]  # (top, bottom, left, right)
+    dilation: tuple[int, int]
+    out_size: tuple[int, int]  # (Ho, Wo)
+
+
+def output_size(n: int, k: int, s: int, pad_lo: int, pad_hi: int, dil: int) -> int:
+    """Number of output positions along one axis (may be <= 0: no location)."""
+    return (n + pad_lo + pad_hi - dil * (k - 1) - 1) // s + 1
+
+
+def make_geometry(in_size, kernel, stride, padding, dilation) -> Geometry:
+    """Build a ``Geometry``; ``padding`` is ``(top, bottom, left, right)``."""
+    pt, pb, pl, pr = padding
+    ho = output_size(in_size[0], kernel[0], stride[0], pt, pb, dilation[0])
+    wo = output_size(in_size[1], kernel[1], stride[1], pl, pr, dilation[1])
+    return Geometry(tuple(in_size), tuple(kernel), tuple(stride), tuple(padding),
+                    tuple(dilation), (ho, wo))
+
+
+# ----------------------------------------------------------------------------------------------
+# layout helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _to_hwcb(x: Tensor, g: Geometry) -> Tensor:
+    """``x (B, C, H, W)`` -> zero-padded, contiguous ``(H_pad, W_pad, C, B)``."""
+    b, c, h, w = x.shape
+    pt, pb, pl, pr = g.padding
+    if pt == pb == pl == pr == 0:
+        return x.permute(2, 3, 1, 0).contiguous()
+    xt = x.new_zeros(h + pt + pb, w + pl + pr, c, b)
+    xt[pt:pt + h, pl:pl + w] = x.permute(2, 3, 1, 0)
+    return xt
+
+
+def _gather(xt: Tensor, g: Geometry, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
+    """Patches of output rows ``[r0, r1)``: contiguous ``(n*Wo, C*kh*kw, B)``."""
+    _, _, c, b = xt.shape
+    kh, kw = g.kernel
+    sh, sw = g.stride
+    dh, dw = g.dilation
+    wo = g.out_size[1]
+    n = r1 - r0
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    v = xt.narrow(0, r0 * sh, (n - 1) * sh + span_h)
+    v = v.unfold(0, span_h, sh)[..., ::dh]  # (n, W_pad, C, B, kh)
+    v = v.unfold(1, span_w, sw)[..., ::dw]  # (n, Wo, C, B, kh, kw)
+    v = v.permute(0, 1, 2, 4, 5, 3)  # (n, Wo, C, kh, kw, B), a view
+    if out is None:
+        out = torch.empty((n, wo, c, kh, kw, b), dtype=xt.dtype, device=xt.device)
+    else:
+        out = out.view(n, wo, c, kh, kw, b)
+    out.copy_(v)
+    return out.view(n * wo, c * kh * kw, b)
+
+
+def _scatter_add(gxt: Tensor, gpt: Tensor, g: Geometry, r0: int, r1: int) -> None:
+    """Adds patch gradients ``gpt (n*Wo, C*kh*kw, B)`` of rows ``[r0, r1)`` into ``gxt``."""
+    _, _, c, b = gxt.shape
+    kh, kw = g.kernel
+    sh, sw = g.stride
+    dh, dw = g.dilation
+    wo = g.out_size[1]
+    n = r1 - r0
+    gp = gpt.view(n, wo, c, kh, kw, b)
+    for a in range(kh):
+        top = r0 * sh + a * dh
+        rows = slice(top, top + sh * (n - 1) + 1, sh)
+        for d in range(kw):
+            left = d * dw
+            cols = slice(left, left + sw * (wo - 1) + 1, sw)
+            gxt[rows, cols] += gp[:, :, :, a, d, :]
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch buffers, reused across calls (CPU, eager mode only).
+
+    Fresh multi-MB CPU allocations are page-faulted in on every call once glibc has handed the
+    memory back to the OS (it trims the heap top past a threshold), and first-touch faults are
+    expensive in VMs: on the machines the research notes describe, re-faulting the
+    output-sized temporary and the chunk buffers cost about as much as the GEMMs. So the
+    temporaries that never escape a call (the (B, L, O) staging tensor and the per-chunk
+    patch / GEMM / grad buffers) live here; outputs and gradients are always fresh tensors.
+    Only one forward or backward uses them at a time per thread (nothing is held across
+    calls), so reuse is safe; ``free_workspace()`` releases them.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, Tensor] = {}
+
+
+_WORKSPACE = _Workspace()
+
+
+def _scratch(role: str, numel: int, like: Tensor) -> Tensor:
+    """A flat buffer of ``numel`` elements of ``like``'s dtype: a reused one on CPU in eager
+    mode, else a fresh one. Its contents are garbage."""
+    if like.device.type != "cpu" or torch.compiler.is_compiling():
+        return like.new_empty(numel)
+    key = (role, like.dtype, torch.is_inference_mode_enabled())
+    buf = _WORKSPACE.buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        _WORKSPACE.buffers.pop(key, None)  # free the old one before allocating the new one
+        buf = like.new_empty(numel)
+        _WORKSPACE.buffers[key] = buf
+    return buf[:numel]
+
+
+def free_workspace() -> None:
+    """Release the calling thread's cached scratch buffers."""
+    _WORKSPACE.buffers.clear()
+
+
+def workspace_bytes() -> int:
+    """Bytes held by the calling thread's cached scratch buffers."""
+    return sum(b.numel() * b.element_size() for b in _WORKSPACE.buffers.values())
+
+
+SCRATCH_BUDGET = 4 << 20  # bytes of patches + GEMM output per chunk (see rows_for_budget)
+
+
+def rows_for_budget(g: Geometry, batch: int, k: int, out_channels: int, dtype: torch.dtype,
+                    budget: int | None = None) -> int:
+    """Output rows per chunk so that one chunk's patches and GEMM output fit in ``budget``
+    bytes (default ``SCRATCH_BUDGET``); at least 1."""
+    budget = SCRATCH_BUDGET if budget is None else budget
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_row = g.out_size[1] * batch * (k + out_channels) * itemsize
+    return max(1, budget // max(per_row, 1))
+
+
+def _row_chunks(ho: int, rows: int | None) -> list[tuple[int, int]]:
+    """``[r0, r1)`` blocks of at most ``rows`` output rows, balanced (30 rows by 12: 10+10+10)."""
+    step = ho if rows is None or rows <= 0 else min(rows, ho)
+    step = -(-ho // -(-ho // step))
+    return [(r0, min(r0 + step, ho)) for r0 in range(0, ho, step)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the custom autograd Function
+# ----------------------------------------------------------------------------------------------
+
+
+class _LocallyConnectedGemm(torch.autograd.Function):
+    """``y = LC(x; W, bias)`` with location-batched GEMMs (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry,
+                rows: int | None) -> Tensor:
+        b, c = x.shape[:2]
+        ho, wo = g.out_size
+        oc = weight.shape[2]
+        k = c * g.kernel[0] * g.kernel[1]
+        channels_last = (b > 1 and not x.is_contiguous()
+                         and x.is_contiguous(memory_format=torch.channels_last))
+        w = weight.reshape(ho * wo, oc, k)  # a view for the usual contiguous weight
+        bias_l = None if bias is None else bias.reshape(ho * wo, 1, oc)
+        xt = _to_hwcb(x, g)
+        chunks = _row_chunks(ho, rows)
+        m = (chunks[0][1] - chunks[0][0]) * wo  # locations per chunk (the first is the largest)
+        pbuf = _scratch("patches", m * k * b, x)  # patches of one chunk
+        obuf = _scratch("gemm", m * b * oc, x)  # GEMM output of one chunk
+        # (B, L, O) staging tensor; with a channels-last input it *is* the output (fresh)
+        blo = (x.new_empty(b, ho * wo, oc) if channels_last
+               else _scratch("staging", b * ho * wo * oc, x).view(b, ho * wo, oc))
+        for r0, r1 in chunks:
+            loc = slice(r0 * wo, r1 * wo)
+            n = (r1 - r0) * wo
+            pt = _gather(xt, g, r0, r1, pbuf[:n * k * b])
+            o = obuf[:n * b * oc].view(n, b, oc)
+            if bias_l is not None:
+                torch.baddbmm(bias_l[loc], pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
+            else:
+                torch.bmm(pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
+            blo[:, loc] = o.transpose(0, 1)  # moves rows of O: cheap
+        del pbuf, obuf, pt, o
+        # The padded (H, W, C, B) copy of x is saved instead of x: backward needs exactly it
+        # (it costs one input-sized buffer, like conv saving its input).
+        ctx.save_for_backward(xt, weight)
+        ctx.geometry = g
+        ctx.rows = rows
+        ctx.has_bias = bias is not None
+        ctx.channels_last = channels_last
+        y = blo.view(b, ho, wo, oc).permute(0, 3, 1, 2)  # the result, channels-last
+        if channels_last:
+            return y
+        out = x.new_empty(b, oc, ho, wo)  # fresh even where the view happens to be contiguous
+        return out.copy_(y)  # ATen's fast NHWC -> NCHW transpose
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        xt, weight = ctx.saved_tensors
+        g: Geometry = ctx.geometry
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and ctx.has_bias
+        c, b = xt.shape[2:]
+        h, w_in = g.in_size
+        ho, wo = g.out_size
+        oc = weight.shape[2]
+        k = c * g.kernel[0] * g.kernel[1]
+        pt_, pl_ = g.padding[0], g.padding[2]
+        w = weight.reshape(ho * wo, oc, k)
+        gxt = torch.zeros_like(xt) if need_x else None
+        gw = xt.new_empty(ho * wo, oc, k) if need_w else None
+        gb = xt.new_empty(ho * wo, oc) if need_b else None
+        chunks = _row_chunks(ho, ctx.rows)
+        m = (chunks[0][1] - chunks[0][0]) * wo
+        gbuf = _scratch("grad", m * b * oc, xt)  # grad_out of one chunk as (n, B, O)
+        pbuf = _scratch("patches", m * k * b, xt) if (need_w or need_x) else None
+        for r0, r1 in chunks:
+            loc = slice(r0 * wo, r1 * wo)
+            n = (r1 - r0) * wo
+            gl = gbuf[:n * b * oc].view(n, b, oc)
+            # a strided read into a small contiguous buffer: faster than whole-tensor
+            # layout changes, and no grad_out-sized temporary
+            gl.view(r1 - r0, wo, b, oc).copy_(grad_out[:, :, r0:r1].permute(2, 3, 0, 1))
+            if need_b:
+                torch.sum(gl, 1, out=gb[loc])
+            if need_w:
+                pt = _gather(xt, g, r0, r1, pbuf[:n * k * b])
+                torch.bmm(gl.transpose(1, 2), pt.transpose(1, 2), out=gw[loc])
+            if need_x:
+                gpt = pbuf[:n * k * b].view(n, k, b)
+                torch.bmm(w[loc].transpose(1, 2), gl.transpose(1, 2), out=gpt)
+                _scatter_add(gxt, gpt, g, r0, r1)
+        del gbuf, pbuf
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            gxt = gxt[pt_:pt_ + h, pl_:pl_ + w_in]
+            fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+            grad_x = gxt.permute(3, 2, 0, 1).contiguous(memory_format=fmt)
+        if need_w:
+            grad_w = gw.view(weight.shape)
+        if need_b:
+            grad_b = gb.view(ho, wo, oc)
+        return grad_x, grad_w, grad_b, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# plain-autograd implementation
+# ----------------------------------------------------------------------------------------------
+
+
+def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None,
+                             g: Geometry) -> Tensor:
+    """Plain autograd (``F.unfold`` + ``einsum``): slower, twice differentiable, vmap-able."""
+    b = x.shape[0]
+    ho, wo = g.out_size
+    oc = weight.shape[2]
+    pt, pb, pl, pr = g.padding
+    if pt or pb or pl or pr:
+        x = F.pad(x, (pl, pr, pt, pb))
+    cols = F.unfold(x, g.kernel, dilation=g.dilation, stride=g.stride)  # (B, K, L)
+    w = weight.reshape(ho * wo, oc, -1)
+    y = torch.einsum("bkl,lok->bol", cols, w)
+    if bias is not None:
+        y = y + bias.reshape(ho * wo, oc).t()
+    return y.reshape(b, oc, ho, wo)
+
+
+def locally_connected_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry,
+                           rows: int | None = None) -> Tensor:
+    """The custom-``Function`` implementation; ``rows``: output rows per chunk (None: all)."""
+    return _LocallyConnectedGemm.apply(x, weight, bias, g, rows)
