@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tietorch.layers.locally_connected import LocallyConnected2d, unshare
-from tietorch.ties.tile_share import TileShare
+from tietorch import LocallyConnected2d, TileShare, unshare
 
 FAILURES: list[str] = []
 

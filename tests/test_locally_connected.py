@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tietorch
+from tietorch import LocallyConnected1d, LocallyConnected2d, TileShare, unshare
 from tietorch.layers import _lc_function as lcf
-from tietorch.layers.locally_connected import LocallyConnected1d, LocallyConnected2d, unshare
 from tietorch.testing import check_tie
-from tietorch.ties.tile_share import TileShare
 
 IMPLS = ("batched", "chunked", "unfold")
 DT = torch.float64

@@ -87,7 +87,9 @@ class DemoNet(nn.Module):
         self.streams = nn.Conv2d(STREAMS, width, 3, padding=1, groups=STREAMS)
         self.mix = nn.Conv2d(width, width, 3, padding=1)
         self.iso = nn.Conv2d(width, width, 3, padding=1)
-        self.local = _locally_connected(width, 8, 3, input_size=SIDE // 2, padding=1)
+        self.local = tietorch.LocallyConnected2d(
+            width, 8, 3, input_size=SIDE // 2, padding=1, tie=tietorch.TileShare(2)
+        )
         self.head = nn.Linear(8, len(CLASSES))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,16 +99,6 @@ class DemoNet(nn.Module):
         x = F.max_pool2d(x, 2)
         x = F.relu(self.local(x))
         return self.head(x.amax(dim=(2, 3)))
-
-
-def _locally_connected(*args: object, **kwargs: object) -> nn.Module:
-    """``LocallyConnected2d(..., tie=TileShare(2))``, from the public name once exported."""
-    cls = getattr(tietorch, "LocallyConnected2d", None)
-    share = getattr(tietorch, "TileShare", None)
-    if cls is None or share is None:
-        from tietorch.layers.locally_connected import LocallyConnected2d as cls
-        from tietorch.ties.tile_share import TileShare as share
-    return cls(*args, tie=share(2), **kwargs)
 
 
 def build_model(seed: int) -> DemoNet:

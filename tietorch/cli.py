@@ -73,11 +73,6 @@ def builtin_ties() -> dict[str, type[Tie]]:
             obj = getattr(module, name, None)
             if isinstance(obj, type) and issubclass(obj, Tie) and obj is not Tie:
                 found[name] = obj
-    if "TileShare" not in found:  # until it is exported from tietorch
-        with contextlib.suppress(ImportError):
-            from tietorch.ties.tile_share import TileShare
-
-            found["TileShare"] = TileShare
     return found
 
 
