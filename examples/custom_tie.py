@@ -21,20 +21,12 @@ import sys
 import time
 
 import torch
+from _checks import check, verdict
 from torch import Tensor, nn
 
 import tietorch
 from tietorch import Tie, TieLayout
 from tietorch.testing import check_tie
-
-FAILURES: list[str] = []
-
-
-def check(name: str, ok: bool) -> None:
-    """Print a check's outcome and remember failures for the exit code."""
-    print(f"  [{'ok' if ok else 'FAILED'}] {name}")
-    if not ok:
-        FAILURES.append(name)
 
 
 class SelfAdjointKernel(Tie):
@@ -122,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         check("check_tie caught the bug", False)
 
-    print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
-    return 1 if FAILURES else 0
+    return verdict()
 
 
 if __name__ == "__main__":

@@ -22,18 +22,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from _checks import check, verdict
 from torch import Tensor, nn
 
 from tietorch import LocallyConnected2d, TileShare, unshare
-
-FAILURES: list[str] = []
-
-
-def check(name: str, ok: bool) -> None:
-    """Print a check's outcome and remember failures for the exit code."""
-    print(f"  [{'ok' if ok else 'FAILED'}] {name}")
-    if not ok:
-        FAILURES.append(name)
 
 
 def n_params(model: nn.Module) -> int:
@@ -119,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     check("fine-tuning the unshared layer lowers the loss",
           tuned < losses["Conv2d (one kernel)"])
 
-    print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
-    return 1 if FAILURES else 0
+    return verdict()
 
 
 if __name__ == "__main__":

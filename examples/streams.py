@@ -24,19 +24,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from _checks import check, verdict
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
 import tietorch
-
-FAILURES: list[str] = []
-
-
-def check(name: str, ok: bool) -> None:
-    """Print a check's outcome and remember failures for the exit code."""
-    print(f"  [{'ok' if ok else 'FAILED'}] {name}")
-    if not ok:
-        FAILURES.append(name)
 
 
 class LoopAndCat(nn.Module):
@@ -180,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
           all(torch.equal(block, w[:bank]) for block in w.split(bank))
           and all(torch.equal(block, b[:bank]) for block in b.split(bank)))
 
-    print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
-    return 1 if FAILURES else 0
+    return verdict()
 
 
 if __name__ == "__main__":

@@ -25,18 +25,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _checks import check, verdict
 from torch import Tensor, nn
 
 import tietorch
-
-FAILURES: list[str] = []
-
-
-def check(name: str, ok: bool) -> None:
-    """Print a check's outcome and remember failures for the exit code."""
-    print(f"  [{'ok' if ok else 'FAILED'}] {name}")
-    if not ok:
-        FAILURES.append(name)
 
 
 def minimal_count(nf: int, k: int) -> int:
@@ -142,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     gap = adjoint_gap(conv.weight.detach().double(), pad, x, y)
     check("and the trained layer is still self-adjoint", gap < 1e-12)
 
-    print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
-    return 1 if FAILURES else 0
+    return verdict()
 
 
 if __name__ == "__main__":

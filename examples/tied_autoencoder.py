@@ -21,18 +21,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _checks import check, verdict
 from torch import Tensor, nn
 
 import tietorch
-
-FAILURES: list[str] = []
-
-
-def check(name: str, ok: bool) -> None:
-    """Print a check's outcome and remember failures for the exit code."""
-    print(f"  [{'ok' if ok else 'FAILED'}] {name}")
-    if not ok:
-        FAILURES.append(name)
 
 
 def transpose(i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         check("dense_state_dict loads into an untied model", torch.equal(plain(x), model(x)))
 
-    print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
-    return 1 if FAILURES else 0
+    return verdict()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from _checks import check, verdict
 from torch import Tensor, nn
 
 import tietorch
@@ -30,16 +31,6 @@ TEXT = (
     "entries and keeps one number per class. The weight is a gather of those numbers, so the "
     "constraint holds exactly, before and after every step of the optimizer. "
 )
-
-FAILURES: list[str] = []
-
-
-def check(name: str, ok: bool) -> None:
-    """Print a check's outcome and remember failures for the exit code."""
-    print(f"  [{'ok' if ok else 'FAILED'}] {name}")
-    if not ok:
-        FAILURES.append(name)
-
 
 class CharLM(nn.Module):
     """Embedding -> GRU -> square mixing layer -> linear head back to the vocabulary."""
@@ -120,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "".join(chars[t] for t in sample(model, prompt, 60))
     print(f"sample: {text!r}")
 
-    print("FAILED: " + "; ".join(FAILURES) if FAILURES else "all checks passed")
-    return 1 if FAILURES else 0
+    return verdict()
 
 
 if __name__ == "__main__":
