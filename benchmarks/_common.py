@@ -38,6 +38,21 @@ def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def peak_tensor_mib(step: Callable[[], object]) -> float:
+    """Peak of the live-tensor total during ``step`` (profiler allocator events), in MiB."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A left/right aligned text table (numbers right-aligned)."""
     cells = [[str(c) for c in header]] + [[_fmt(c) for c in row] for row in rows]

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import interleaved_medians, table
+from benchmarks._common import interleaved_medians, peak_tensor_mib, table
 from tietorch.layers import _lc_function as _lc
 from tietorch.layers.locally_connected import LocallyConnected2d
 
@@ -151,21 +151,6 @@ def _rss_peak_mb(step) -> float | None:
     return (status("VmHWM:") - before) / 2**20
 
 
-def _tensor_peak_mb(step) -> float:
-    """Peak of the live-tensor total during ``step`` (profiler allocator events), in MiB."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak / 2**20
-
-
 def memory_worker(case: str) -> None:
     """Runs in a fresh process: prints {variant: [rss MiB, tensor MiB]} as JSON."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -181,7 +166,7 @@ def memory_worker(case: str) -> None:
         for p in module.parameters():
             p.grad = None
         _lc.free_workspace()
-        result[name] = [rss, _tensor_peak_mb(step)]
+        result[name] = [rss, peak_tensor_mib(step)]
     print(json.dumps(result))
 
 
