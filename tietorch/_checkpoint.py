@@ -106,6 +106,11 @@ def load_dense_state_dict(
         loaded.append((dense_key, dense, param, id(owner)))
     thetas = {}
     for key, (owner, sums, counts) in totals.items():
+        if key not in free_keys:
+            raise ValueError(
+                "load_dense_state_dict: a tensor of this model reads the free vector of a module "
+                "outside it (a tie_tensors group); load into the model that holds the whole group"
+            )
         current = converted.get(free_keys[key], owner.original.detach()).to(sums)
         thetas[key] = torch.where(counts > 0, sums / counts.clamp_min(1), current)
         converted[free_keys[key]] = thetas[key]

@@ -79,6 +79,9 @@ def _key_codes(parts: tuple[Tensor, ...], n: int) -> tuple[Tensor, int]:
                 low, radix = 0, len(values)
         code = code * radix + (part.to(torch.long) - low)
         bound *= radix
+    if bound > 4 * n + 64:  # the last part's radix made the code sparse: compact it
+        values, code = torch.unique(code, return_inverse=True)
+        bound = len(values)
     return code, bound
 
 

@@ -18,8 +18,16 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ._classes import _RelationConstraint, solve
-from ._parametrization import TieParametrization, _install
-from ._register import Init, _check_init, _log, _prepare, register_tie, relative_error
+from ._parametrization import TieParametrization, _Followers, _install
+from ._register import (
+    Init,
+    _check_init,
+    _log,
+    _prepare,
+    _refuse_shared,
+    register_tie,
+    relative_error,
+)
 from ._tie import Tie, _evaluate_relations, _grids, gather, signed_mean
 
 __all__ = ["tie_tensors", "tie_model"]
@@ -118,6 +126,13 @@ def _plan(
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             raise ValueError(f"{where}: {label} is not a floating-point tensor of its module")
         members.append((module, name, label, tensor))
+    if len({id(tensor) for *_, tensor in members}) != len(members):
+        raise ValueError(
+            f"{where}: some of these names hold one and the same tensor object; give each "
+            "module its own nn.Parameter first (the group then keeps them equal)"
+        )
+    if model is not None:
+        _refuse_shared(model, labels, where)
     lead = members[0][3]
     for _, _, label, tensor in members[1:]:
         if (tensor.dtype, tensor.device) != (lead.dtype, lead.device):
@@ -190,7 +205,7 @@ def _apply(plan: _Plan) -> None:
         if owner_list is None:
             _install(module, name, param, plan.theta)
             owner_param, owner_list = param, module.parametrizations[name]
-            param.__dict__.update(_owner=owner_list, _is_owner=True, _followers=[])
+            param.__dict__.update(_owner=owner_list, _is_owner=True, _followers=_Followers())
             param.projection_error = plan.error
             continue
         assert owner_param is not None
@@ -198,9 +213,10 @@ def _apply(plan: _Plan) -> None:
         _install(module, name, param, tensor.new_zeros(0))
         plist = module.parametrizations[name]
         # The placeholder is no parameter and no state: a non-persistent buffer.
-        placeholder = plist._parameters.pop("original").detach()
+        held = plist._parameters if "original" in plist._parameters else plist._buffers
+        placeholder = held.pop("original").detach()
         plist.register_buffer("original", placeholder, persistent=False)
-        owner_param.__dict__["_followers"].append(param)
+        owner_param.__dict__["_followers"].add(param)
     labels = ", ".join(label for _, _, label, _ in plan.members)
     _log.info(
         "tied %s together: %d -> %d parameters, relative projection error %.3g",
@@ -298,6 +314,7 @@ def tie_model(
     if repeated:
         raise ValueError(f"tie_model: {repeated} appear in more than one group; merge the groups")
 
+    _refuse_shared(model, [*grouped, *within], "tie_model")
     plans = [
         _plan(names, relation, 1, [within.get(n) for n in names], model, init)
         for names, relation in groups

@@ -6,6 +6,7 @@ import copy
 import pickle
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakSet
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,14 @@ except ImportError:  # pragma: no cover - builds without torch.distributed
     _DTensor = ()  # type: ignore[assignment,misc]
 
 __all__ = ["TieParametrization"]
+
+
+class _Followers(WeakSet):
+    """The members that read a group owner's free vector (weakly held: a member that is gone
+    does not keep the owner from being untied). Pickled as a plain list."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Followers, (list(self),)
 
 
 class TieParametrization(nn.Module):
@@ -115,6 +124,21 @@ class TieParametrization(nn.Module):
             return theta
         owner.original.copy_(theta)
         return theta.new_zeros(0)  # a member's own placeholder
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TieParametrization:
+        # A group owner's set of followers is rebuilt by the followers that are copied with it:
+        # a copy of the owner alone has none (and can be untied), and copies never point back
+        # at the originals.
+        replica = type(self).__new__(type(self))
+        memo[id(self)] = replica
+        state = {k: v for k, v in self.__dict__.items() if k != "_followers"}
+        replica.__dict__.update(copy.deepcopy(state, memo))
+        if "_followers" in self.__dict__:
+            replica.__dict__["_followers"] = _Followers()
+        follows = replica.follows
+        if follows is not None:
+            follows[0].__dict__["_followers"].add(replica)
+        return replica
 
     def extra_repr(self) -> str:
         return f"{self.tie!r}, shape={self.shape}, n_free={self.n_free}"

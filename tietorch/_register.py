@@ -19,6 +19,27 @@ _log = logging.getLogger("tietorch")
 Init = Literal["project", "preserve_std"]
 
 
+def _refuse_shared(model: nn.Module, names: list[str], where: str) -> None:
+    """Refuse to tie a Parameter object that ``model`` also holds under another name.
+
+    Registration turns the Parameter itself into the free vector, so every other module holding
+    the same object would silently get the free vector as its weight. Tie such tensors together
+    with ``tie_tensors`` after giving each its own Parameter.
+    """
+    holders: dict[int, list[str]] = {}
+    for qualname, tensor in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(tensor), []).append(qualname)
+    for qualname, tensor in model.named_buffers(remove_duplicate=False):
+        holders.setdefault(id(tensor), []).append(qualname)
+    for group in holders.values():
+        if len(group) > 1 and any(n in names for n in group):
+            raise ValueError(
+                f"{where}: {' and '.join(group)} are one tensor object shared by several "
+                "modules; give each its own nn.Parameter and tie them with "
+                "tie_tensors([...]) instead"
+            )
+
+
 def _check_init(init: str) -> None:
     if init not in ("project", "preserve_std"):
         raise ValueError(f"init must be 'project' or 'preserve_std', got {init!r}")
@@ -45,8 +66,10 @@ def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]
         raise ValueError(
             f"register_tie({where}): {type(module).__name__} has no tensor named {name!r}"
         )
-    if not (tensor.is_floating_point() or tensor.is_complex()):
-        raise TypeError(f"register_tie({where}): cannot tie a {tensor.dtype} tensor")
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"register_tie({where}): cannot tie a {tensor.dtype} tensor (floating point only)"
+        )
     try:
         layout = tie.layout(tuple(tensor.shape))
     except (ValueError, TypeError, IndexError) as error:
@@ -68,7 +91,10 @@ def register_tie(module: nn.Module, name: str, tie: Tie, *, init: Init = "projec
     entries keep the standard deviation of the layer's own initialization.
 
     Register ties *before* building the optimizer: the Parameter object is kept but changes
-    shape. Assigning ``module.<name> = W`` later projects ``W`` the same way.
+    shape (it *becomes* the free vector), so it must not be shared with another module
+    (``head.weight = emb.weight``): tie shared tensors with :func:`tie_tensors` instead
+    (:func:`tie_modules` and :func:`tie_model` refuse shared objects). Assigning
+    ``module.<name> = W`` later projects ``W`` the same way.
 
     Returns:
         The relative distance of the original tensor from the constraint,
@@ -90,9 +116,9 @@ def register_tie(module: nn.Module, name: str, tie: Tie, *, init: Init = "projec
     param = TieParametrization(tie, layout.index, layout.sign, layout.n_free, tensor)
     with torch.no_grad():
         theta = param.right_inverse(tensor)
+        error = relative_error(tensor, param(theta))
         if init == "preserve_std":
             theta = theta * layout.class_sizes.to(theta).clamp_min(1).sqrt()
-        error = relative_error(tensor, param(theta))
     _install(module, name, param, theta)
     param.projection_error = error
     _log.info(
@@ -120,8 +146,8 @@ def remove_tie(module: nn.Module, name: str) -> None:
         raise ValueError(
             f"remove_tie: {where} has other parametrizations on top of its tie; remove those first"
         )
-    followers = param.__dict__.get("_followers", [])
-    if followers:
+    followers = param.__dict__.get("_followers", ())
+    if len(followers):
         raise ValueError(
             f"remove_tie: {where} holds the free vector of a group of tied tensors that "
             f"{len(followers)} other tensor(s) still read; remove_tie those first, or bake(model)"
@@ -133,7 +159,7 @@ def remove_tie(module: nn.Module, name: str) -> None:
         # Its placeholder was a buffer, so parametrize restored a buffer: make it a Parameter.
         value = module._buffers.pop(name)
         module.register_parameter(name, nn.Parameter(value.detach(), requires_grad))
-        owner[0].__dict__["_followers"].remove(param)
+        owner[0].__dict__["_followers"].discard(param)
 
 
 def _tied_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, TieParametrization]]:
@@ -157,6 +183,12 @@ def bake(model: nn.Module) -> nn.Module:
     True
     """
     tied = _tied_tensors(model)
+    for qualname, module, name, _ in tied:  # check all first: never leave a model half-baked
+        if len(module.parametrizations[name]) > 1:
+            raise ValueError(
+                f"bake: {qualname or type(model).__name__}.{name} has other parametrizations on "
+                "top of its tie; remove those first (nothing was untied)"
+            )
     # Members of a group read their owner's free vector: untie them before the owner.
     tied.sort(key=lambda item: item[3].follows is None)
     for _, module, name, _ in tied:
@@ -201,6 +233,7 @@ def tie_modules(
             _prepare(module, name, tie)
         except (ValueError, TypeError) as error:
             raise type(error)(f"tie_modules: module '{qualname}': {error}") from error
+    _refuse_shared(model, [f"{q}.{name}" if q else name for q, _ in targets], "tie_modules")
     return {
         qualname: register_tie(module, name, tie, init=init) for qualname, module in targets
     }

@@ -90,7 +90,7 @@ def summary(model: nn.Module) -> TieSummary:
     rows = []
     for qualname, _, name, param in tied:
         follows = param.follows
-        owner = None if follows is None else names[id(follows)]
+        owner = None if follows is None else names.get(id(follows), "outside this model")
         rows.append(TieSummaryRow(
             tensor=f"{qualname}.{name}" if qualname else name,
             shape=param.shape,

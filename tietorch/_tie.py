@@ -424,6 +424,7 @@ def _evaluate_relations(
                 raise TypeError(
                     f"{tie!r}: relation {r} gives a {component.dtype} index for dim {d}"
                 )
+            component = component.to(torch.long)  # narrow ints would overflow the flat index
             if component.numel():
                 low, high = int(component.min()), int(component.max())
                 if low < -size or high >= size:

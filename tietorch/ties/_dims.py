@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from .._tie import Tie
@@ -10,7 +11,24 @@ Shape = tuple[int, ...]
 
 
 def as_dims(dims: int | Sequence[int]) -> tuple[int, ...]:
-    return (int(dims),) if isinstance(dims, int) else tuple(int(d) for d in dims)
+    """``dims`` as a tuple of ints; floats and other non-integers are refused, not truncated."""
+    try:
+        return (operator.index(dims),) if not isinstance(dims, Sequence) else tuple(
+            operator.index(d) for d in dims
+        )
+    except TypeError:
+        raise TypeError(f"dims must be an int or a sequence of ints, got {dims!r}") from None
+
+
+def as_count(value: object, what: str) -> int:
+    """A positive integer argument (``groups``, ``tile``); floats are refused, not truncated."""
+    try:
+        count = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"{what} must be >= 1, got {value!r}")
+    return count
 
 
 def resolve_dims(tie: Tie, dims: tuple[int, ...], shape: Shape) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .._tie import Tie
-from ._dims import Shape, as_dims, resolve_dims
+from ._dims import Shape, as_count, as_dims, resolve_dims
 
 __all__ = ["ShareAlong", "ShareAcrossGroups"]
 
@@ -55,10 +55,8 @@ class ShareAcrossGroups(Tie):
     """
 
     def __init__(self, groups: int, dim: int = 0) -> None:
-        if int(groups) < 1:
-            raise ValueError(f"ShareAcrossGroups: groups must be >= 1, got {groups!r}")
-        self.groups = int(groups)
-        self.dim = int(dim)
+        self.groups = as_count(groups, "ShareAcrossGroups: groups")
+        (self.dim,) = as_dims(dim)
 
     def check_shape(self, shape: Shape) -> None:
         (dim,) = resolve_dims(self, (self.dim,), shape)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .._tie import Tie
-from ._dims import Shape, as_dims, resolve_dims
+from ._dims import Shape, as_count, as_dims, resolve_dims
 
 __all__ = ["TileShare"]
 
@@ -38,17 +38,15 @@ class TileShare(Tie):
 
     def __init__(self, tile: int | Sequence[int], dims: int | Sequence[int] = (0, 1)) -> None:
         self.dims = as_dims(dims)
-        if isinstance(tile, int) and not isinstance(tile, bool):
-            tiles: tuple[int, ...] = (tile,) * len(self.dims)
+        if isinstance(tile, Sequence):
+            tiles = tuple(as_count(t, "TileShare: tile") for t in tile)
         else:
-            tiles = tuple(int(t) for t in tile)
+            tiles = (as_count(tile, "TileShare: tile"),) * len(self.dims)
         if len(tiles) != len(self.dims):
             raise ValueError(
                 f"TileShare: tile {tile!r} must be an int or give one period per dim of "
                 f"{self.dims}"
             )
-        if any(t < 1 for t in tiles):
-            raise ValueError(f"TileShare: tile must be >= 1, got {tile!r}")
         self.tile = tiles
 
     def check_shape(self, shape: Shape) -> None:
