@@ -1,4 +1,4 @@
-"""Every Python code block in the README and docs/ runs, so the docs never go stale."""
+"""Every Python code block in the README and docs/ runs: the code in the docs never goes stale."""
 
 import re
 from pathlib import Path

@@ -165,7 +165,7 @@ def _instantiate(cls: type[Tie], args: list[Any], kwargs: dict[str, Any]) -> Tie
         return cls(*args, **kwargs)
     except TypeError as error:
         raise CLIError(f"bad arguments for {cls.__name__}{_signature(cls)}: {error}") from None
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:
         raise CLIError(str(error)) from None
 
 
@@ -291,12 +291,22 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape))
 
 
+MAX_SHOW_ENTRIES = 10**8  # a layout of this size takes seconds and a few GB
+
+
 def layout_of(tie: Tie, shape: tuple[int, ...]) -> TieLayout:
     """``tie.layout(shape)``; a refusal (ValueError and the like) becomes a usage error."""
+    if math.prod(shape) > MAX_SHOW_ENTRIES:
+        raise CLIError(
+            f"shape {_shape_text(shape)} has {math.prod(shape):,} entries; the command line "
+            f"handles at most {MAX_SHOW_ENTRIES:,} (call tie.layout in Python for more)"
+        )
     try:
         return tie.layout(shape)
     except (ValueError, TypeError, IndexError) as error:
         raise CLIError(f"{tie!r} refuses shape {_shape_text(shape)}: {error}") from None
+    except (RuntimeError, MemoryError) as error:
+        raise CLIError(f"{tie!r} on shape {_shape_text(shape)} failed: {error}") from None
 
 
 # ------------------------------------------------------------------------------------ show

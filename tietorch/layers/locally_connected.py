@@ -25,7 +25,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from tietorch.layers import _lc_function as _lc
+from .._register import register_tie
+from .._tie import Tie
+from ..ties.tile_share import TileShare
+from . import _lc_function as _lc
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "free_workspace", "unshare"]
 
@@ -56,12 +59,14 @@ def _positive(value: tuple[int, ...], name: str) -> tuple[int, ...]:
     return value
 
 
-def _bias_tie(tie):
-    """The part of ``tie`` that also makes sense for the bias: its ``TileShare`` parts."""
-    from tietorch.ties.tile_share import TileShare  # local: avoids an import cycle
-
+def _bias_tie(tie: Tie, weight_ndim: int) -> Tie | None:
+    """The part of ``tie`` that also makes sense for the bias: its ``TileShare`` parts, with
+    their location dims counted from the front (the bias has fewer dims than the weight)."""
     parts = getattr(tie, "ties", (tie,))
-    shares = [t for t in parts if isinstance(t, TileShare)]
+    shares = [
+        TileShare(t.tile, dims=tuple(d % weight_ndim for d in t.dims))
+        for t in parts if isinstance(t, TileShare)
+    ]
     if not shares:
         return None
     out = shares[0]
@@ -176,10 +181,7 @@ class _LocallyConnectedNd(nn.Module):
 
     # ------------------------------------------------------------------ parameters
 
-    def _apply_tie(self, tie) -> None:
-        import tietorch  # local: tietorch's __init__ imports this module
-        from tietorch.ties.tile_share import TileShare
-
+    def _apply_tie(self, tie: Tie) -> None:
         parts = getattr(tie, "ties", (tie,))
         for part in parts:
             if isinstance(part, TileShare):
@@ -190,11 +192,11 @@ class _LocallyConnectedNd(nn.Module):
                         f"{tuple(range(self._n))} of the weight "
                         f"{tuple(self.weight.shape)}, not on dims {tuple(bad)}"
                     )
-        tietorch.register_tie(self, "weight", tie)
+        register_tie(self, "weight", tie)
         if self.bias is not None:
-            bias_tie = _bias_tie(tie)
+            bias_tie = _bias_tie(tie, self.weight.dim())
             if bias_tie is not None:
-                tietorch.register_tie(self, "bias", bias_tie)
+                register_tie(self, "bias", bias_tie)
         self.tie = tie
         self.reset_parameters()
 

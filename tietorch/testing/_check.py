@@ -16,7 +16,15 @@ from torch import Tensor
 
 from .._classes import solve
 from .._rank import constraint_matrix, solution_dimension
-from .._tie import AllOf, Tie, TieLayout, _evaluate_key, _evaluate_relations, _grids
+from .._tie import (
+    AllOf,
+    Tie,
+    TieLayout,
+    _evaluate_key,
+    _evaluate_relations,
+    _grids,
+    _layout_as_relation,
+)
 from .strategies import _as_shape, _refusal, shapes_for
 
 __all__ = ["RANK_CHECK_MAX_NUMEL", "check_tie"]
@@ -282,14 +290,11 @@ def _malformed(layout: object, shape: Shape) -> str | None:
 
 def _layout_relation(layout: TieLayout) -> tuple[Tensor, Tensor]:
     """A well-formed layout as one relation: each entry equals (sign-adjusted) its class's
-    first entry; a forced zero is ``W[x] = -W[x]``. Returns flat ``target`` and ``sign``."""
-    index, sign, live = _flat_parts(layout)
-    n = index.numel()
-    first = torch.full((max(layout.n_free, 1),), n, dtype=torch.long)
-    first.scatter_reduce_(0, index[live], torch.arange(n)[live], "amin")
-    target = torch.where(live, first[index], torch.arange(n))
-    relative = torch.where(live, sign * sign[target.clamp_max(max(n - 1, 0))], -1.0)
-    return target, relative
+    first entry; a forced zero is ``W[x] = -W[x]``. Returns flat ``target`` and float ``sign``."""
+    relation = _layout_as_relation(layout)
+    if relation.sign is None:
+        return relation.target, torch.ones(relation.target.numel(), dtype=torch.float64)
+    return relation.target, relation.sign.to(torch.float64)
 
 
 class _LayoutDeclaration(Tie):
