@@ -6,7 +6,7 @@ A locally connected layer is a convolution whose kernel differs at every output 
                     + sum_{c, a, d} W[i, j, o, c, a, d] * x_pad[b, c, i*sh + a*dh, j*sw + d*dw]
 
 with the weight stored location-major, ``W: (Ho, Wo, O, C, kh, kw)``. A 1-d layer is the 2-d case
-with ``H = Ho = kh = 1``.
+with ``W = Wo = kw = 1`` (positions as rows, so they can be processed in blocks).
 
 Two implementations, same arithmetic:
 

@@ -160,10 +160,10 @@ class _LocallyConnectedNd(nn.Module):
             self._geometry = _lc.make_geometry(
                 self.input_size, self.kernel_size, self.stride, padding4, self.dilation
             )
-        else:  # 1-d: a 2-d layer of height 1
+        else:  # 1-d: a 2-d layer of width 1, so its positions are rows (blocks can chunk them)
             self._geometry = _lc.make_geometry(
-                (1, self.input_size[0]), (1, self.kernel_size[0]), (1, self.stride[0]),
-                (0, 0, *pads[0]), (1, self.dilation[0]),
+                (self.input_size[0], 1), (self.kernel_size[0], 1), (self.stride[0], 1),
+                (*pads[0], 0, 0), (self.dilation[0], 1),
             )
 
         factory = {"device": device, "dtype": dtype}
@@ -268,17 +268,17 @@ class _LocallyConnectedNd(nn.Module):
             x = x.unsqueeze(0)
         weight, bias = self.weight, self.bias
         g = self._geometry
-        if self._n == 1:  # view as 2-d with height 1
-            x = x.unsqueeze(2)
-            weight = weight.unsqueeze(0).unsqueeze(-2)
-            bias = None if bias is None else bias.unsqueeze(0)
+        if self._n == 1:  # view as 2-d with width 1
+            x = x.unsqueeze(-1)
+            weight = weight.unsqueeze(1).unsqueeze(-1)
+            bias = None if bias is None else bias.unsqueeze(1)
         name, rows = self._plan(x.shape[0], weight.dtype)
         if name == "unfold":
             y = _lc.locally_connected_unfold(x, weight, bias, g)
         else:
             y = _lc.locally_connected_gemm(x, weight, bias, g, rows)
         if self._n == 1:
-            y = y.squeeze(2)
+            y = y.squeeze(-1)
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
