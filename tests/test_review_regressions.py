@@ -101,3 +101,13 @@ def test_non_integer_arguments_are_refused_not_truncated():
     lin = nn.Linear(2, 2).to(torch.complex64)
     with pytest.raises(TypeError, match="floating point only"):
         tt.register_tie(lin, "weight", tt.Symmetric())
+
+
+def test_a_long_1d_locally_connected_layer_works_in_bounded_blocks():
+    layer = tt.LocallyConnected1d(8, 8, 5, input_size=4096)
+    assert layer.implementation_for(256) == "chunked"
+    x = torch.randn(2, 8, 4096, dtype=torch.float64)
+    layer.double()
+    reference = tt.LocallyConnected1d(8, 8, 5, input_size=4096, implementation="unfold").double()
+    reference.load_state_dict(layer.state_dict())
+    assert torch.allclose(layer(x), reference(x))
