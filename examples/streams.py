@@ -7,10 +7,12 @@ concatenates the results. tietorch writes the same layer as one grouped convolut
 same output with the same number of trainable parameters, and measures one training step of
 each (forward + backward): median time of interleaved runs, and the peak of live tensor memory.
 
-For reference it also times the third exact way to share a filter bank across streams, folding
-the streams into the batch: ``conv(x.reshape(B*N, 1, L)).reshape(B, N*F, L)``. It needs no tie
-at all; the grouped form is the one to use when the sharing is only part of the story (other
-ties, per-stream biases, an ordinary ``Conv1d`` module for export).
+It also runs the cross-tensor form (N separate branch modules tied by ``tie_tensors``, as
+branches of a bigger model would be) and, for reference, the third exact way to share a filter
+bank across streams, folding the streams into the batch:
+``conv(x.reshape(B*N, 1, L)).reshape(B, N*F, L)``. That needs no tie at all; the grouped form is
+the one to use when the sharing is only part of the story (other ties, per-stream biases, an
+ordinary ``Conv1d`` module for export).
 
 Run: ``python examples/streams.py [--quick]``; exits non-zero if a check fails.
 """
@@ -40,6 +42,26 @@ class LoopAndCat(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([self.conv(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
+
+
+class TiedBranches(nn.Module):
+    """One conv module per stream (as separate branches of a model would be), all tied to one
+    filter bank with ``tie_tensors``: a cross-tensor tie, one free vector for every branch."""
+
+    def __init__(self, conv: nn.Conv1d, streams: int) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Conv1d(1, conv.out_channels, conv.kernel_size, padding=conv.padding)
+            for _ in range(streams)
+        )
+        for name in ("weight", "bias"):
+            tietorch.tie_tensors([(b, name) for b in self.branches])
+            # assigning the owner sets the shared vector (a plain tensor: nn.Module refuses
+            # to assign an nn.Parameter over a parametrized attribute)
+            setattr(self.branches[0], name, getattr(conv, name).detach())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([b(x[:, i : i + 1]) for i, b in enumerate(self.branches)], dim=1)
 
 
 class FoldIntoBatch(nn.Module):
@@ -130,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "loop and cat (seed)": seed,
         "grouped + ShareAcrossGroups": grouped,
         "fold streams into batch": fold,
+        "N branches + tie_tensors": TiedBranches(conv, streams),
     }
     print(f"x: {batch} x {streams} streams x {length}; shared bank: {bank} filters of width {k}")
 
@@ -141,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
           torch.allclose(outputs["grouped + ShareAcrossGroups"], reference, atol=1e-5))
     check("fold output == loop-and-cat output (allclose)",
           torch.allclose(outputs["fold streams into batch"], reference, atol=1e-5))
+    check("tied branches output == loop-and-cat output (allclose)",
+          torch.allclose(outputs["N branches + tie_tensors"], reference, atol=1e-5))
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     check(f"same trainable parameter count ({counts['loop and cat (seed)']})",
           len(set(counts.values())) == 1)
