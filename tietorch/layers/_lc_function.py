@@ -190,7 +190,7 @@ def rows_for_budget(g: Geometry, batch: int, k: int, out_channels: int, dtype: t
     """Output rows per chunk so that one chunk's patches and GEMM output fit in ``budget``
     bytes (default ``SCRATCH_BUDGET``); at least 1."""
     budget = SCRATCH_BUDGET if budget is None else budget
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     per_row = g.out_size[1] * batch * (k + out_channels) * itemsize
     return max(1, budget // max(per_row, 1))
 
