@@ -55,7 +55,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+
 __all__: list[str] = []
+
+
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing (``torch.compiler.is_compiling`` is torch >= 2.3)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:  # pragma: no cover - torch 2.2
+        from torch._dynamo import is_compiling as check
+    return bool(check())
 
 
 class Geometry(NamedTuple):
@@ -161,7 +170,7 @@ _WORKSPACE = _Workspace()
 def _scratch(role: str, numel: int, like: Tensor) -> Tensor:
     """A flat buffer of ``numel`` elements of ``like``'s dtype: a reused one on CPU in eager
     mode, else a fresh one. Its contents are garbage."""
-    if like.device.type != "cpu" or torch.compiler.is_compiling():
+    if like.device.type != "cpu" or is_compiling():
         return like.new_empty(numel)
     key = (role, like.dtype, torch.is_inference_mode_enabled())
     buf = _WORKSPACE.buffers.get(key)

@@ -229,7 +229,7 @@ class _LocallyConnectedNd(nn.Module):
     def _plan(self, batch: int, dtype: torch.dtype) -> tuple[str, int | None]:
         if self.implementation == "unfold":
             return "unfold", None
-        if (self.implementation == "auto" and not torch.compiler.is_compiling()
+        if (self.implementation == "auto" and not _lc.is_compiling()
                 and torch._C._are_functorch_transforms_active()):
             return "unfold", None  # vmap/grad/jvp: the custom Function has no rules for them
         g = self._geometry
