@@ -55,7 +55,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-
 __all__: list[str] = []
 
 
