@@ -91,10 +91,10 @@ class _LocallyConnectedNd(nn.Module):
         padding: str | int | Sequence[int] = 0,
         dilation: int | Sequence[int] = 1,
         bias: bool = True,
-        tie=None,
+        tie: Tie | None = None,
         implementation: str = "auto",
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         n = self._n
