@@ -15,13 +15,12 @@ Run: ``python examples/custom_tie.py [--quick]``; exits non-zero if a check fail
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 
 import torch
-from _checks import check, verdict
+from _checks import check, setup, verdict
 from torch import Tensor, nn
 
 import tietorch
@@ -69,11 +68,8 @@ class TransposedKernel(SelfAdjointKernel):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    examples = 30 if args.quick else 200
+    quick = setup(argv, __doc__)
+    examples = 30 if quick else 200
 
     print(f"1. check_tie(SelfAdjointKernel()) with {examples} Hypothesis examples")
     start = time.perf_counter()
@@ -82,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     check("the closed form passes check_tie", True)
 
     print("2. The closed form against the generic solve of the same relation")
-    shape = (64, 64, 3, 3) if args.quick else (256, 256, 3, 3)
+    shape = (64, 64, 3, 3) if quick else (256, 256, 3, 3)
     generic = Tie.from_relation(lambda i, j, a, b: (j, i, -1 - a, -1 - b))
     start = time.perf_counter()
     fast = SelfAdjointKernel().layout(shape)

@@ -17,12 +17,11 @@ Run: ``python examples/locally_connected.py [--quick]``; exits non-zero if a che
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 import torch.nn.functional as F
-from _checks import check, verdict
+from _checks import check, setup, verdict
 from torch import Tensor, nn
 
 from tietorch import LocallyConnected2d, TileShare, unshare
@@ -44,12 +43,8 @@ def train(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float) -> floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # small layers: one thread is fastest, and steady on a busy CPU
-    torch.manual_seed(0)
-    size, samples, steps = (10, 128, 40) if args.quick else (16, 512, 300)
+    quick = setup(argv, __doc__)
+    size, samples, steps = (10, 128, 40) if quick else (16, 512, 300)
     c_in, c_out, k = 2, 4, 3
 
     print("1. Parameter counts")

@@ -19,14 +19,13 @@ Run: ``python examples/streams.py [--quick]``; exits non-zero if a check fails.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import torch
-from _checks import check, verdict
+from _checks import check, setup, verdict
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -136,13 +135,9 @@ def peak_tensor_mib(step: Callable[[], None]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # steady timings on a shared CPU
-    torch.manual_seed(0)
-    batch, streams, bank, length, k = (8, 8, 8, 256, 9) if args.quick else (32, 16, 16, 512, 9)
-    repeats = 5 if args.quick else 30
+    quick = setup(argv, __doc__)
+    batch, streams, bank, length, k = (8, 8, 8, 256, 9) if quick else (32, 16, 16, 512, 9)
+    repeats = 5 if quick else 30
 
     conv = nn.Conv1d(1, bank, k, padding=k // 2)
     seed = LoopAndCat(conv)

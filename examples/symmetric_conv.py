@@ -18,14 +18,13 @@ Run: ``python examples/symmetric_conv.py [--quick]``; exits non-zero if a check 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from _checks import check, verdict
+from _checks import check, setup, verdict
 from torch import Tensor, nn
 
 import tietorch
@@ -65,13 +64,9 @@ def satisfies(weight: Tensor) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # small layers: one thread is fastest, and steady on a busy CPU
-    torch.manual_seed(0)
-    nf, k, size = (8, 3, 12) if args.quick else (32, 3, 16)
-    steps, batch = (30, 16) if args.quick else (300, 32)
+    quick = setup(argv, __doc__)
+    nf, k, size = (8, 3, 12) if quick else (32, 3, 16)
+    steps, batch = (30, 16) if quick else (300, 32)
     pad = k // 2
 
     print(f"1. Parameter counts for an ({nf}, {nf}, {k}, {k}) weight")

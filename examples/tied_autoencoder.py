@@ -13,7 +13,6 @@ Run: ``python examples/tied_autoencoder.py [--quick]``; exits non-zero if a chec
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _checks import check, verdict
+from _checks import check, setup, verdict
 from torch import Tensor, nn
 
 import tietorch
@@ -49,13 +48,9 @@ def synthetic_data(samples: int, features: int, rank: int) -> Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    quick = setup(argv, __doc__)
     features, code, samples = 64, 8, 1024
-    steps = 150 if args.quick else 1500
+    steps = 150 if quick else 1500
 
     model = make_autoencoder(features, code)
     untied = sum(p.numel() for p in nn.Sequential(

@@ -13,13 +13,12 @@ Run: ``python examples/tiny_lm.py [--quick]``; exits non-zero if a check fails.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
 import torch
 import torch.nn.functional as F
-from _checks import check, verdict
+from _checks import check, setup, verdict
 from torch import Tensor, nn
 
 import tietorch
@@ -65,12 +64,8 @@ def sample(model: CharLM, prompt: Tensor, length: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    steps = 60 if args.quick else 600
+    quick = setup(argv, __doc__)
+    steps = 60 if quick else 600
     width, context, batch = 48, 32, 32
 
     chars = sorted(set(TEXT))
