@@ -111,3 +111,19 @@ def test_a_long_1d_locally_connected_layer_works_in_bounded_blocks():
     reference = tt.LocallyConnected1d(8, 8, 5, input_size=4096, implementation="unfold").double()
     reference.load_state_dict(layer.state_dict())
     assert torch.allclose(layer(x), reference(x))
+
+
+def test_a_buffer_member_is_a_buffer_again_after_bake():
+    lin, holder = nn.Linear(3, 3), nn.Module()
+    holder.register_buffer("w", torch.randn(3, 3))
+    tt.tie_tensors([(lin, "weight"), (holder, "w")], relation=transpose)
+    tt.bake(nn.ModuleList([lin, holder]))
+    assert "w" in holder._buffers and isinstance(lin.weight, nn.Parameter)
+    assert torch.equal(holder.w, lin.weight.T)
+
+
+def test_bools_are_not_counts():
+    with pytest.raises(TypeError):
+        tt.ShareAcrossGroups(True)
+    with pytest.raises(TypeError):
+        tt.ShareAlong(True)

@@ -123,8 +123,10 @@ def _plan(
         if parametrize.is_parametrized(module, name):
             raise ValueError(f"{where}: {label} is already tied or parametrized; untie it first")
         tensor = getattr(module, name, None)
-        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-            raise ValueError(f"{where}: {label} is not a floating-point tensor of its module")
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"{where}: {label} is not a tensor of its module")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{where}: {label} is {tensor.dtype} (floating point only)")
         members.append((module, name, label, tensor))
     if len({id(tensor) for *_, tensor in members}) != len(members):
         raise ValueError(
@@ -209,7 +211,11 @@ def _apply(plan: _Plan) -> None:
             param.projection_error = plan.error
             continue
         assert owner_param is not None
-        param.__dict__.update(_owner=owner_list, _requires_grad=tensor.requires_grad)
+        param.__dict__.update(
+            _owner=owner_list,
+            _requires_grad=tensor.requires_grad,
+            _was_buffer=name in module._buffers,
+        )
         _install(module, name, param, tensor.new_zeros(0))
         plist = module.parametrizations[name]
         # The placeholder is no parameter and no state: a non-persistent buffer.

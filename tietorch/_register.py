@@ -156,9 +156,11 @@ def remove_tie(module: nn.Module, name: str) -> None:
     requires_grad = param.__dict__.get("_requires_grad", True)
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     if owner is not None:
-        # Its placeholder was a buffer, so parametrize restored a buffer: make it a Parameter.
-        value = module._buffers.pop(name)
-        module.register_parameter(name, nn.Parameter(value.detach(), requires_grad))
+        # Its placeholder was a buffer, so parametrize restored a buffer: give back what the
+        # tensor was before it joined the group.
+        if not param.__dict__.get("_was_buffer", False):
+            value = module._buffers.pop(name)
+            module.register_parameter(name, nn.Parameter(value.detach(), requires_grad))
         owner[0].__dict__["_followers"].discard(param)
 
 

@@ -303,7 +303,7 @@ def layout_of(tie: Tie, shape: tuple[int, ...]) -> TieLayout:
         )
     try:
         return tie.layout(shape)
-    except (ValueError, TypeError, IndexError) as error:
+    except (ValueError, TypeError, IndexError, OverflowError) as error:
         raise CLIError(f"{tie!r} refuses shape {_shape_text(shape)}: {error}") from None
     except (RuntimeError, MemoryError) as error:
         raise CLIError(f"{tie!r} on shape {_shape_text(shape)} failed: {error}") from None
@@ -567,7 +567,8 @@ def _what_check_tie_checks(tie: Tie, shapes: list[tuple[int, ...]] | None) -> st
     declared = {"key": "declared key holds", "relations": "declared relations hold",
                 "all of": "declarations of all parts hold"}[declares]
     if shapes is not None and all(math.prod(s) > RANK_CHECK_MAX_NUMEL for s in shapes):
-        rank = f"no rank check (shapes > {RANK_CHECK_MAX_NUMEL} entries)"
+        rank = (f"not over-tied (checked against tietorch's solver: shapes > "
+                f"{RANK_CHECK_MAX_NUMEL} entries are too large for the dense rank)")
     else:
         rank = "minimal by dense rank"
     return f"well-formed layout, {declared}, {rank}, projection, gradients"
@@ -584,6 +585,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     shapes: list[tuple[int, ...]] | None = args.shape
     if shapes:
         for shape in shapes:
+            if math.prod(shape) > MAX_SHOW_ENTRIES:
+                raise CLIError(
+                    f"shape {_shape_text(shape)} has {math.prod(shape):,} entries; the command "
+                    f"line handles at most {MAX_SHOW_ENTRIES:,}"
+                )
             try:
                 tie.check_shape(shape)
             except Exception as error:

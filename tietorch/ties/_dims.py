@@ -13,9 +13,10 @@ Shape = tuple[int, ...]
 def as_dims(dims: int | Sequence[int]) -> tuple[int, ...]:
     """``dims`` as a tuple of ints; floats and other non-integers are refused, not truncated."""
     try:
-        return (operator.index(dims),) if not isinstance(dims, Sequence) else tuple(
-            operator.index(d) for d in dims
-        )
+        values = [dims] if not isinstance(dims, Sequence) else list(dims)
+        if any(isinstance(d, bool) for d in values):
+            raise TypeError
+        return tuple(operator.index(d) for d in values)
     except TypeError:
         raise TypeError(f"dims must be an int or a sequence of ints, got {dims!r}") from None
 
@@ -23,6 +24,8 @@ def as_dims(dims: int | Sequence[int]) -> tuple[int, ...]:
 def as_count(value: object, what: str) -> int:
     """A positive integer argument (``groups``, ``tile``); floats are refused, not truncated."""
     try:
+        if isinstance(value, bool):
+            raise TypeError
         count = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{what} must be an int, got {value!r}") from None
