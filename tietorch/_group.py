@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from ._classes import _RelationConstraint, solve
 from ._parametrization import TieParametrization, _Followers, _install
@@ -25,6 +24,7 @@ from ._register import (
     _log,
     _prepare,
     _refuse_shared,
+    _tieable,
     register_tie,
     relative_error,
 )
@@ -120,14 +120,7 @@ def _plan(
         raise ValueError(f"{where}: the same tensor is listed twice")
     members = []
     for module, name, label in resolved:
-        if parametrize.is_parametrized(module, name):
-            raise ValueError(f"{where}: {label} is already tied or parametrized; untie it first")
-        tensor = getattr(module, name, None)
-        if not isinstance(tensor, Tensor):
-            raise ValueError(f"{where}: {label} is not a tensor of its module")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{where}: {label} is {tensor.dtype} (floating point only)")
-        members.append((module, name, label, tensor))
+        members.append((module, name, label, _tieable(module, name, where)))
     if len({id(tensor) for *_, tensor in members}) != len(members):
         raise ValueError(
             f"{where}: some of these names hold one and the same tensor object; give each "

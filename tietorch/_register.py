@@ -45,6 +45,22 @@ def _check_init(init: str) -> None:
         raise ValueError(f"init must be 'project' or 'preserve_std', got {init!r}")
 
 
+def _tieable(module: nn.Module, name: str, where: str) -> Tensor:
+    """The untied floating-point tensor ``module.<name>``, or a clear error (``where``: caller)."""
+    if parametrize.is_parametrized(module, name):
+        raise ValueError(
+            f"{where}: {_label(module, name)} is already tied or parametrized; a tie must be its "
+            "first parametrization (untie it, or register the tie before the others)"
+        )
+    tensor = getattr(module, name, None)
+    if not isinstance(tensor, Tensor):
+        owner = _label(module, name).rsplit(".", 1)[0]
+        raise ValueError(f"{where}: {owner} has no tensor named {name!r}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{where}: cannot tie a {tensor.dtype} tensor (floating point only)")
+    return tensor
+
+
 def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]:
     """Everything that can refuse a tie, run before the module is touched."""
     where = _label(module, name)
@@ -56,20 +72,7 @@ def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]
             f"register_tie({where}): already tied with {existing.tie!r}; register "
             f"`old & new` after remove_tie(), so both constraints are solved together"
         )
-    if parametrize.is_parametrized(module, name):
-        raise ValueError(
-            f"register_tie({where}): the tensor already has parametrizations; a tie must be the "
-            "first one (register the tie, then the others)"
-        )
-    tensor = getattr(module, name, None)
-    if not isinstance(tensor, Tensor):
-        raise ValueError(
-            f"register_tie({where}): {type(module).__name__} has no tensor named {name!r}"
-        )
-    if not tensor.is_floating_point():
-        raise TypeError(
-            f"register_tie({where}): cannot tie a {tensor.dtype} tensor (floating point only)"
-        )
+    tensor = _tieable(module, name, f"register_tie({where})")
     try:
         layout = tie.layout(tuple(tensor.shape))
     except (ValueError, TypeError, IndexError) as error:
