@@ -40,21 +40,24 @@ def bench_training(repeats: int) -> str:
     tied = nn.Conv2d(64, 64, 3, padding=1)
     tt.register_tie(tied, "weight", tt.SymmetricFlip())
     seed = SeedRedundant(plain)
-    models = {"plain Conv2d": plain, "tied (SymmetricFlip)": tied,
-              "seed (W0+W0.T.flip)/2": seed}
+    models = {"plain Conv2d": plain, "tied (SymmetricFlip)": tied, "seed (W0+W0.T.flip)/2": seed}
     train = interleaved_medians({k: training_step(m, x) for k, m in models.items()}, repeats)
 
     def evaluate(model: nn.Module):
         def run() -> None:
             with torch.no_grad():
                 model(x)
+
         return run
 
     for m in (plain, tied, seed):
         m.eval()
     evals = interleaved_medians(
-        {"plain Conv2d": evaluate(plain), "tied, uncached": evaluate(tied),
-         "seed (W0+W0.T.flip)/2": evaluate(seed)},
+        {
+            "plain Conv2d": evaluate(plain),
+            "tied, uncached": evaluate(tied),
+            "seed (W0+W0.T.flip)/2": evaluate(seed),
+        },
         repeats,
     )
     # An eval loop runs inside one parametrize.cached() block: the gather runs once, not per
@@ -84,8 +87,11 @@ def layout_cases(n: int):
     k = 7
     yield "SymmetricFlip", tt.SymmetricFlip(), (nf, nf, 3, 3)
     yield "SymmetricFlip(sign=-1)", tt.SymmetricFlip(sign=-1), (nf, nf, 3, 3)
-    yield "cyclic shift, axis 4096", tt.Tie.from_relation(lambda r, c: (r, c - 1)), (
-        max(n // 4096, 1), 4096)
+    yield (
+        "cyclic shift, axis 4096",
+        tt.Tie.from_relation(lambda r, c: (r, c - 1)),
+        (max(n // 4096, 1), 4096),
+    )
     yield "KernelSymmetry('D4'), 7x7", tt.KernelSymmetry("D4"), (max(n // (k * k), 1), k, k)
     yield "ShareAlong(1)", tt.ShareAlong(1), (nf, nf, 3, 3)
 
@@ -102,10 +108,18 @@ def bench_layouts(sizes: list[int], repeats: int) -> str:
                 times.append(time.perf_counter() - start)
             times.sort()
             entries = layout.numel
-            rows.append((f"{entries:,}", name, layout.n_free, times[len(times) // 2] * 1e3,
-                         times[len(times) // 2] * 1e9 / entries))
+            rows.append(
+                (
+                    f"{entries:,}",
+                    name,
+                    layout.n_free,
+                    times[len(times) // 2] * 1e3,
+                    times[len(times) // 2] * 1e9 / entries,
+                )
+            )
     return "Layout build (classes of every entry), median\n" + table(
-        ("entries", "tie", "n_free", "ms", "ns/entry"), rows)
+        ("entries", "tie", "n_free", "ms", "ns/entry"), rows
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

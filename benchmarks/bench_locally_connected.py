@@ -45,8 +45,14 @@ CASES = {
     "batch 1": (1, 3, 64, 32, 3, 1, False),
 }
 # (repeats default, repeats --quick); the forum snippet is skipped where it would need GBs
-REPEATS = {"main": (40, 12), "main +grad x": (20, 0), "mid": (12, 4), "strided k5 s2": (20, 0),
-           "batch 256": (8, 0), "batch 1": (40, 0)}
+REPEATS = {
+    "main": (40, 12),
+    "main +grad x": (20, 0),
+    "mid": (12, 4),
+    "strided k5 s2": (20, 0),
+    "batch 256": (8, 0),
+    "batch 1": (40, 0),
+}
 FORUM_MAX_PRODUCT = 600 << 20  # bytes of the snippet's broadcast product we accept to run
 # tf-keras 2.21 LocallyConnected2D implementation=1, fwd+bwd, from the research notes (this
 # machine kind); Keras is not a dependency, so these are quoted, not re-measured.
@@ -60,8 +66,9 @@ class ForumLocallyConnected2d(nn.Module):
         super().__init__()
         output_size = _pair(output_size)
         self.weight = nn.Parameter(
-            torch.randn(1, out_channels, in_channels, output_size[0], output_size[1],
-                        kernel_size**2)
+            torch.randn(
+                1, out_channels, in_channels, output_size[0], output_size[1], kernel_size**2
+            )
         )
         if bias:
             self.bias = nn.Parameter(torch.randn(1, out_channels, output_size[0], output_size[1]))
@@ -94,11 +101,14 @@ def build(case: str, channels_last_copy: bool = True):
     if product <= FORUM_MAX_PRODUCT:
         mods["forum snippet (seed 000)"] = ForumLocallyConnected2d(cin, cout, out, k, stride, True)
     mods["unfold+einsum (impl unfold)"] = LocallyConnected2d(
-        cin, cout, k, size, stride=stride, implementation="unfold")
-    mods["LC batched"] = LocallyConnected2d(cin, cout, k, size, stride=stride,
-                                            implementation="batched")
-    mods["LC chunked"] = LocallyConnected2d(cin, cout, k, size, stride=stride,
-                                            implementation="chunked")
+        cin, cout, k, size, stride=stride, implementation="unfold"
+    )
+    mods["LC batched"] = LocallyConnected2d(
+        cin, cout, k, size, stride=stride, implementation="batched"
+    )
+    mods["LC chunked"] = LocallyConnected2d(
+        cin, cout, k, size, stride=stride, implementation="chunked"
+    )
     if channels_last_copy:
         mods["LC auto, channels_last x"] = LocallyConnected2d(cin, cout, k, size, stride=stride)
     return x, g, mods
@@ -173,7 +183,9 @@ def memory_worker(case: str) -> None:
 def measure_memory(case: str) -> dict[str, list[float | None]]:
     out = subprocess.run(
         [sys.executable, __file__, "--memory-worker", case],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -195,19 +207,28 @@ def run(quick: bool) -> str:
         forum = times.get("forum snippet (seed 000)")
         for name, ms in times.items():
             rss, tensors = mem.get(name, [None, None])
-            rows.append([
-                case, name, ms, ms / conv,
-                f"{forum / ms:.1f}x" if forum else "-",
-                "-" if rss is None else round(rss, 1),
-                "-" if tensors is None else round(tensors, 1),
-            ])
+            rows.append(
+                [
+                    case,
+                    name,
+                    ms,
+                    ms / conv,
+                    f"{forum / ms:.1f}x" if forum else "-",
+                    "-" if rss is None else round(rss, 1),
+                    "-" if tensors is None else round(tensors, 1),
+                ]
+            )
         b, cin, cout, size, k, s, _ = CASES[case]
-        notes.append(f"{case}: B={b}, {cin}->{cout}, {size}x{size}, k={k}, stride={s}; "
-                     f"auto picks {auto_choice(case)}")
+        notes.append(
+            f"{case}: B={b}, {cin}->{cout}, {size}x{size}, k={k}, stride={s}; "
+            f"auto picks {auto_choice(case)}"
+        )
         if case in KERAS_IMPL1_MS:
             picked = times[f"LC {auto_choice(case).split()[0]}"]  # what "auto" runs
-            notes.append(f"  Keras impl 1 (quoted, notes) {KERAS_IMPL1_MS[case]:.0f} ms: "
-                         f"LC (auto) is {KERAS_IMPL1_MS[case] / picked:.1f}x faster")
+            notes.append(
+                f"  Keras impl 1 (quoted, notes) {KERAS_IMPL1_MS[case]:.0f} ms: "
+                f"LC (auto) is {KERAS_IMPL1_MS[case] / picked:.1f}x faster"
+            )
     header = ["case", "variant", "ms", "x Conv2d", "vs forum", "RSS MiB", "tensors MiB"]
     return table(header, rows) + "\n" + "\n".join(notes)
 
@@ -221,8 +242,10 @@ def main(argv: list[str] | None = None) -> None:
         memory_worker(args.memory_worker)
         return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"chunk budget {_lc.SCRATCH_BUDGET >> 20} MiB")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"chunk budget {_lc.SCRATCH_BUDGET >> 20} MiB"
+    )
     print(run(args.quick))
 
 

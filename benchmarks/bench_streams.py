@@ -66,8 +66,7 @@ def run(quick: bool) -> str:
             "seed loop + cat": SeedLoop(conv),
             "grouped + ShareAcrossGroups": tied_grouped(conv, streams),
             "streams folded into batch": FoldIntoBatch(conv),
-            "grouped, untied (kernel alone)": nn.Conv2d(streams, streams * bank, 3,
-                                                        groups=streams),
+            "grouped, untied (kernel alone)": nn.Conv2d(streams, streams * bank, 3, groups=streams),
         }
         x = torch.randn(batch, streams, side, side)
         reference = variants["seed loop + cat"](x)
@@ -79,16 +78,19 @@ def run(quick: bool) -> str:
             def run_step() -> None:
                 model.zero_grad(set_to_none=True)
                 model(x).square().mean().backward()
+
             return run_step
 
-        times = interleaved_medians({k: step(m) for k, m in variants.items()},
-                                    repeats=5 if quick else 20)
+        times = interleaved_medians(
+            {k: step(m) for k, m in variants.items()}, repeats=5 if quick else 20
+        )
         base = times["seed loop + cat"]
         case = f"B={batch}, {streams} streams, bank {bank}, {side}x{side}"
         for name, model in variants.items():
             params = sum(p.numel() for p in model.parameters())
-            rows.append((case, name, params, times[name], times[name] / base,
-                         peak_tensor_mib(step(model))))
+            rows.append(
+                (case, name, params, times[name], times[name] / base, peak_tensor_mib(step(model)))
+            )
     return (
         "Stream sharing, forward + backward, median of interleaved runs; memory: peak of live "
         "tensor bytes during one step (profiler allocator events). The untied grouped conv "

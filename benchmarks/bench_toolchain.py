@@ -30,8 +30,11 @@ def bench_compile(quick: bool) -> str:
     x = torch.randn(batch, channels, 32, 32)
 
     def net() -> nn.Module:
-        return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(channels, channels, 3, padding=1))
+        return nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
 
     plain, tied = net(), net()
     tt.register_tie(tied[0], "weight", tt.SymmetricFlip())
@@ -44,11 +47,14 @@ def bench_compile(quick: bool) -> str:
         training_step(compiled, x)()  # compile outside the timed runs
         compile_s[name] = time.perf_counter() - start
         variants[name] = compiled
-    times = interleaved_medians({k: training_step(m, x) for k, m in variants.items()},
-                                repeats=5 if quick else 20)
+    times = interleaved_medians(
+        {k: training_step(m, x) for k, m in variants.items()}, repeats=5 if quick else 20
+    )
     base = times["plain, eager"]
-    rows = [(name, ms, ms / base, ms / times["tied, eager"], compile_s.get(name, ""))
-            for name, ms in times.items()]
+    rows = [
+        (name, ms, ms / base, ms / times["tied, eager"], compile_s.get(name, ""))
+        for name, ms in times.items()
+    ]
     return (
         f"Training step, 2 x Conv2d({channels}, {channels}, 3) on {batch}x{channels}x32x32; "
         "ties: SymmetricFlip, D4\n"
@@ -83,7 +89,8 @@ def ddp_worker(variant: str, rank: int, port: int, steps: int, out: str) -> None
         tt.register_tie(conv, "weight", tt.SymmetricFlip())
     else:
         parametrize.register_parametrization(
-            conv, "weight", BufferGather(tt.SymmetricFlip().layout(conv.weight.shape)))
+            conv, "weight", BufferGather(tt.SymmetricFlip().layout(conv.weight.shape))
+        )
     model = nn.parallel.DistributedDataParallel(conv)
     synced = sum(b.numel() * b.element_size() for b in model.modules_buffers)
     x = torch.randn(2, 512, 4, 4)
@@ -109,8 +116,21 @@ def bench_ddp(quick: bool) -> str:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             outs = [os.path.join(tmp, f"{variant}{r}.pt") for r in range(2)]
-            procs = [subprocess.Popen([sys.executable, __file__, "--ddp-worker", variant, str(r),
-                                       str(port), str(steps), outs[r]]) for r in range(2)]
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--ddp-worker",
+                        variant,
+                        str(r),
+                        str(port),
+                        str(steps),
+                        outs[r],
+                    ]
+                )
+                for r in range(2)
+            ]
             for proc in procs:
                 if proc.wait(timeout=600):
                     raise RuntimeError(f"DDP worker for {variant!r} failed")

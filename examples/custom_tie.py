@@ -86,20 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     solved = generic.layout(shape)
     t_solved = time.perf_counter() - start
-    print(f"   {math.prod(shape):,} entries -> {fast.n_free:,} free; closed form "
-          f"{t_fast * 1e3:.1f} ms, generic solve {t_solved * 1e3:.1f} ms")
-    check("same classes, same numbering as the solver",
-          torch.equal(fast.index, solved.index) and fast.n_free == solved.n_free)
+    print(
+        f"   {math.prod(shape):,} entries -> {fast.n_free:,} free; closed form "
+        f"{t_fast * 1e3:.1f} ms, generic solve {t_solved * 1e3:.1f} ms"
+    )
+    check(
+        "same classes, same numbering as the solver",
+        torch.equal(fast.index, solved.index) and fast.n_free == solved.n_free,
+    )
     nf, k = shape[0], shape[2]
-    check("n_free == nf(nf-1)/2*k*k + nf*ceil(k*k/2)",
-          fast.n_free == nf * (nf - 1) // 2 * k * k + nf * math.ceil(k * k / 2))
+    check(
+        "n_free == nf(nf-1)/2*k*k + nf*ceil(k*k/2)",
+        fast.n_free == nf * (nf - 1) // 2 * k * k + nf * math.ceil(k * k / 2),
+    )
 
     print("3. Used like any tie")
     conv = nn.Conv2d(8, 8, 3, padding=1)
     tietorch.register_tie(conv, "weight", SelfAdjointKernel())
     w = conv.weight
-    check("register_tie: the weight satisfies the constraint",
-          torch.equal(w, w.transpose(0, 1).flip(2, 3)))
+    check(
+        "register_tie: the weight satisfies the constraint",
+        torch.equal(w, w.transpose(0, 1).flip(2, 3)),
+    )
 
     print("4. The buggy layout (kernel transposed instead of rotated) is caught")
     try:

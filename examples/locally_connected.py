@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print("1. Parameter counts")
     seed = LocallyConnected2d(3, 2, 3, input_size=24, bias=False)  # the forum thread's layer
-    print(f"   forum example, 3 -> 2 channels, 3x3, 24x24 input: weight "
-          f"{tuple(seed.weight.shape)}, {seed.weight.numel():,} entries")
+    print(
+        f"   forum example, 3 -> 2 channels, 3x3, 24x24 input: weight "
+        f"{tuple(seed.weight.shape)}, {seed.weight.numel():,} entries"
+    )
     check("3*3*3*2*(22*22) == 26136", seed.weight.numel() == 3 * 3 * 3 * 2 * (22 * 22) == 26136)
     keras = LocallyConnected2d(3, 64, (3, 3), input_size=(32, 32))  # Keras docs' example
     expected = (30 * 30) * (3 * 3 * 3 * 64) + (30 * 30) * 64
@@ -62,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   same layer, tie=TileShare({tile}): {n_params(tiled):,} free parameters")
         check(f"TileShare({tile}) count == out*t*t*in*k*k + out*t*t", n_params(tiled) == formula)
 
-    print(f"2. Fitting a location-dependent teacher ({c_in} -> {c_out} channels, {k}x{k}, "
-          f"{size}x{size}, {samples} samples, {steps} Adam steps)")
+    print(
+        f"2. Fitting a location-dependent teacher ({c_in} -> {c_out} channels, {k}x{k}, "
+        f"{size}x{size}, {samples} samples, {steps} Adam steps)"
+    )
     # The teacher: kernels that repeat with period 2 over the image, plus a little
     # location-specific noise. A conv can only learn their average.
-    tiled_teacher = LocallyConnected2d(c_in, c_out, k, input_size=size, padding=1,
-                                       tie=TileShare(2))
+    tiled_teacher = LocallyConnected2d(c_in, c_out, k, input_size=size, padding=1, tie=TileShare(2))
     teacher = LocallyConnected2d(c_in, c_out, k, input_size=size, padding=1)
     with torch.no_grad():
         tiled_teacher.parametrizations.weight.original.normal_(0, 0.5)
@@ -86,25 +89,30 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in students.items():
         losses[name] = train(model, x, y, steps, lr=0.05)
         print(f"   {name:26s} {n_params(model):7,} params   loss {losses[name]:.3g}")
-    check("the tiled and the locally connected students fit better than the conv",
-          losses["TileShare(2) (4 kernels)"] < losses["Conv2d (one kernel)"] / 2
-          and losses["LocallyConnected2d"] < losses["Conv2d (one kernel)"] / 2)
+    check(
+        "the tiled and the locally connected students fit better than the conv",
+        losses["TileShare(2) (4 kernels)"] < losses["Conv2d (one kernel)"] / 2
+        and losses["LocallyConnected2d"] < losses["Conv2d (one kernel)"] / 2,
+    )
     w = students["TileShare(2) (4 kernels)"].weight
-    check("the tiled layer's kernels repeat with period 2 exactly",
-          torch.equal(w[2:], w[:-2]) and torch.equal(w[:, 2:], w[:, :-2]))
+    check(
+        "the tiled layer's kernels repeat with period 2 exactly",
+        torch.equal(w[2:], w[:-2]) and torch.equal(w[:, 2:], w[:, :-2]),
+    )
 
     print("3. unshare: the trained conv as a locally connected layer, then fine-tuned")
     conv = students["Conv2d (one kernel)"]
     lc = unshare(conv, size)
     with torch.no_grad():
         gap = (lc(x) - conv(x)).abs().max().item()
-    print(f"   at creation: {n_params(conv):,} -> {n_params(lc):,} parameters, "
-          f"max output difference {gap:.1e}")
+    print(
+        f"   at creation: {n_params(conv):,} -> {n_params(lc):,} parameters, "
+        f"max output difference {gap:.1e}"
+    )
     check("unshare(conv) gives the conv's output at creation", gap < 1e-5)
     tuned = train(lc, x, y, steps, lr=0.02)
     print(f"   loss {losses['Conv2d (one kernel)']:.3g} (conv) -> {tuned:.3g} (unshared, tuned)")
-    check("fine-tuning the unshared layer lowers the loss",
-          tuned < losses["Conv2d (one kernel)"])
+    check("fine-tuning the unshared layer lowers the loss", tuned < losses["Conv2d (one kernel)"])
 
     return verdict()
 

@@ -155,18 +155,25 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         outputs = {name: m(x) for name, m in models.items()}
     reference = outputs["loop and cat (seed)"]
-    check("grouped output == loop-and-cat output (allclose)",
-          torch.allclose(outputs["grouped + ShareAcrossGroups"], reference, atol=1e-5))
-    check("fold output == loop-and-cat output (allclose)",
-          torch.allclose(outputs["fold streams into batch"], reference, atol=1e-5))
-    check("tied branches output == loop-and-cat output (allclose)",
-          torch.allclose(outputs["N branches + tie_tensors"], reference, atol=1e-5))
+    check(
+        "grouped output == loop-and-cat output (allclose)",
+        torch.allclose(outputs["grouped + ShareAcrossGroups"], reference, atol=1e-5),
+    )
+    check(
+        "fold output == loop-and-cat output (allclose)",
+        torch.allclose(outputs["fold streams into batch"], reference, atol=1e-5),
+    )
+    check(
+        "tied branches output == loop-and-cat output (allclose)",
+        torch.allclose(outputs["N branches + tie_tensors"], reference, atol=1e-5),
+    )
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    check(f"same trainable parameter count ({counts['loop and cat (seed)']})",
-          len(set(counts.values())) == 1)
+    check(
+        f"same trainable parameter count ({counts['loop and cat (seed)']})",
+        len(set(counts.values())) == 1,
+    )
     w = grouped.weight
-    check("the groups are equal",
-          all(torch.equal(block, w[:bank]) for block in w.split(bank)))
+    check("the groups are equal", all(torch.equal(block, w[:bank]) for block in w.split(bank)))
 
     grad = torch.randn_like(reference)
     steps = {name: training_step(m, x, grad) for name, m in models.items()}
@@ -188,9 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         grouped(x).square().mean().backward()
         opt.step()
     w, b = grouped.weight, grouped.bias
-    check("after training the groups are still exactly equal",
-          all(torch.equal(block, w[:bank]) for block in w.split(bank))
-          and all(torch.equal(block, b[:bank]) for block in b.split(bank)))
+    check(
+        "after training the groups are still exactly equal",
+        all(torch.equal(block, w[:bank]) for block in w.split(bank))
+        and all(torch.equal(block, b[:bank]) for block in b.split(bank)),
+    )
 
     return verdict()
 

@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     tietorch.register_tie(conv, "weight", tietorch.SymmetricFlip())
     tied_count = sum(p.numel() for p in conv.parameters())
     seed_count = nf * nf * k * k
-    print(f"   tietorch: {tied_count:,} free parameters; the workaround trains {seed_count:,} "
-          f"({seed_count - tied_count:,} of them cannot change W)")
-    check("tietorch count == nf(nf-1)/2*k*k + nf*ceil(k*k/2)",
-          tied_count == minimal_count(nf, k))
+    print(
+        f"   tietorch: {tied_count:,} free parameters; the workaround trains {seed_count:,} "
+        f"({seed_count - tied_count:,} of them cannot change W)"
+    )
+    check("tietorch count == nf(nf-1)/2*k*k + nf*ceil(k*k/2)", tied_count == minimal_count(nf, k))
     for kk in (1, 3, 5, 7):
         n = tietorch.SymmetricFlip().layout((nf, nf, kk, kk)).n_free
         print(f"   k={kk}: {n:,} free of {nf * nf * kk * kk:,} entries")
@@ -95,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print("3. The projection at registration is the workaround's symmetrization")
     seed = SeedRedundant(w0, pad)
-    check("register_tie(W0) gives (W0 + W0.flip.permute) / 2",
-          torch.allclose(conv.weight, seed.weight(), atol=1e-7))
+    check(
+        "register_tie(W0) gives (W0 + W0.flip.permute) / 2",
+        torch.allclose(conv.weight, seed.weight(), atol=1e-7),
+    )
 
     print(f"4. Training both for {steps} Adam steps to imitate a self-adjoint teacher")
     teacher = nn.Conv2d(nf, nf, k, padding=pad, bias=False)
@@ -122,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         final = {name: F.mse_loss(m(data), targets).item() for name, m in models.items()}
     for name in models:
-        print(f"   {name:10s}: loss {first[name]:.3g} -> {final[name]:.3g}, "
-              f"{seconds[name] / steps * 1e3:.2f} ms/step")
+        print(
+            f"   {name:10s}: loss {first[name]:.3g} -> {final[name]:.3g}, "
+            f"{seconds[name] / steps * 1e3:.2f} ms/step"
+        )
     check("training lowered the tied model's loss", final["tietorch"] < first["tietorch"] / 2)
     check("the constraint still holds exactly after training", satisfies(conv.weight))
     gap = adjoint_gap(conv.weight.detach().double(), pad, x, y)

@@ -53,17 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     steps = 150 if quick else 1500
 
     model = make_autoencoder(features, code)
-    untied = sum(p.numel() for p in nn.Sequential(
-        nn.Linear(features, code), nn.Linear(code, features)).parameters())
+    untied = sum(
+        p.numel()
+        for p in nn.Sequential(nn.Linear(features, code), nn.Linear(code, features)).parameters()
+    )
     n = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n:,} tied (one {code}x{features} weight + 2 biases), {untied:,} untied")
-    check("one weight's worth of parameters",
-          n == features * code + code + features)
+    check("one weight's worth of parameters", n == features * code + code + features)
     print(tietorch.summary(model))
     keys = sorted(model.state_dict())
     print(f"state dict keys: {keys}")
-    check("the decoder weight is not in the state dict",
-          keys == ["0.bias", "0.parametrizations.weight.original", "2.bias"])
+    check(
+        "the decoder weight is not in the state dict",
+        keys == ["0.bias", "0.parametrizations.weight.original", "2.bias"],
+    )
 
     x = synthetic_data(samples, features, rank=code)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -75,19 +78,25 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
     with torch.no_grad():
         last = F.mse_loss(model(x), x).item()
-    print(f"reconstruction loss: {first:.4f} -> {last:.4f} after {steps} Adam steps "
-          f"(data variance {x.var().item():.4f})")
+    print(
+        f"reconstruction loss: {first:.4f} -> {last:.4f} after {steps} Adam steps "
+        f"(data variance {x.var().item():.4f})"
+    )
     check("training lowered the loss", last < first / 2)
-    check("decoder.weight == encoder.weight.T exactly after training",
-          torch.equal(model[2].weight, model[0].weight.T))
+    check(
+        "decoder.weight == encoder.weight.T exactly after training",
+        torch.equal(model[2].weight, model[0].weight.T),
+    )
 
     state = model.state_dict()
     restored = make_autoencoder(features, code)
     try:
         from safetensors.torch import load_file, save_file
     except ImportError:
-        print("safetensors is not installed: skipping the safetensors round trip "
-              "(pip install safetensors); using torch.save / torch.load(weights_only=True)")
+        print(
+            "safetensors is not installed: skipping the safetensors round trip "
+            "(pip install safetensors); using torch.save / torch.load(weights_only=True)"
+        )
         buffer = io.BytesIO()
         torch.save(state, buffer)
         buffer.seek(0)

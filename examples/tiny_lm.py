@@ -31,6 +31,7 @@ TEXT = (
     "constraint holds exactly, before and after every step of the optimizer. "
 )
 
+
 class CharLM(nn.Module):
     """Embedding -> GRU -> square mixing layer -> linear head back to the vocabulary."""
 
@@ -73,15 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     data = torch.tensor([stoi[c] for c in TEXT])
     model = CharLM(len(chars), width)
     before = sum(p.numel() for p in model.parameters())
-    errors = tietorch.tie_model(model, {
-        ("embed.weight", "head.weight"): None,  # equal shapes: None is the identity relation
-        "mix.weight": tietorch.Symmetric(),
-    })
+    errors = tietorch.tie_model(
+        model,
+        {
+            ("embed.weight", "head.weight"): None,  # equal shapes: None is the identity relation
+            "mix.weight": tietorch.Symmetric(),
+        },
+    )
     after = sum(p.numel() for p in model.parameters())
     saved = len(chars) * width + width * (width - 1) // 2
     print(f"vocabulary {len(chars)}, width {width}: {before:,} -> {after:,} parameters")
-    print("relative projection error of each tie at registration: "
-          + ", ".join(f"{name} {error:.2f}" for name, error in errors.items()))
+    print(
+        "relative projection error of each tie at registration: "
+        + ", ".join(f"{name} {error:.2f}" for name, error in errors.items())
+    )
     check("saved one vocabulary x width matrix and half of mix.weight", before - after == saved)
     print(tietorch.summary(model))
 
@@ -95,13 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    print(f"cross-entropy: {losses[0]:.3f} (uniform would be {math.log(len(chars)):.3f}) -> "
-          f"{sum(losses[-10:]) / 10:.3f} (mean of the last 10 of {steps} steps)")
+    print(
+        f"cross-entropy: {losses[0]:.3f} (uniform would be {math.log(len(chars)):.3f}) -> "
+        f"{sum(losses[-10:]) / 10:.3f} (mean of the last 10 of {steps} steps)"
+    )
     check("training lowered the loss", sum(losses[-10:]) / 10 < losses[0] * 0.7)
-    check("head.weight == embed.weight exactly after training",
-          torch.equal(model.head.weight, model.embed.weight))
-    check("mix.weight is still exactly symmetric",
-          torch.equal(model.mix.weight, model.mix.weight.T))
+    check(
+        "head.weight == embed.weight exactly after training",
+        torch.equal(model.head.weight, model.embed.weight),
+    )
+    check(
+        "mix.weight is still exactly symmetric", torch.equal(model.mix.weight, model.mix.weight.T)
+    )
     prompt = data[:20]
     text = "".join(chars[t] for t in sample(model, prompt, 60))
     print(f"sample: {text!r}")

@@ -53,7 +53,8 @@ def constraints_hold(net: nn.Module, group: bool) -> bool:
     if group:
         return bool(torch.equal(w2, w0.T))
     return bool(
-        torch.equal(w0, w0.rot90(1, (2, 3))) and torch.equal(w0, w0.flip(3))
+        torch.equal(w0, w0.rot90(1, (2, 3)))
+        and torch.equal(w0, w0.flip(3))
         and torch.equal(w2, -w2.transpose(0, 1).flip(2, 3))
     )
 
@@ -94,8 +95,9 @@ def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
     if mode.startswith("fsdp"):
         from torch.distributed.tensor import DTensor
 
-        state = {k: v.full_tensor() if isinstance(v, DTensor) else v
-                 for k, v in net.state_dict().items()}
+        state = {
+            k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in net.state_dict().items()
+        }
         for unit in units or (net,):  # gather the free vectors to check the ties
             unit.unshard()
         holds = constraints_hold(net, group)
@@ -116,9 +118,20 @@ def run_ranks(mode: str, tmp_path: Path, world: int = 2) -> list[dict]:
     """Run `world` ranks of this script concurrently; return what each saved."""
     port = free_port()
     procs = [
-        subprocess.Popen([sys.executable, str(WORKER), mode, str(r), str(world), str(port),
-                          str(tmp_path / f"{mode}{r}.pt")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                mode,
+                str(r),
+                str(world),
+                str(port),
+                str(tmp_path / f"{mode}{r}.pt"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for r in range(world)
     ]
     for proc in procs:

@@ -217,9 +217,10 @@ def test_safe_parser_accepts_builtins() -> None:
         tietorch.SymmetricFlip(sign=-1)
     )
     both = parse_tie("(Symmetric() & Toeplitz()) & Hankel(dims=(0, 1))")
-    assert both.layout((4, 4)).n_free == (
-        tietorch.Symmetric() & tietorch.Toeplitz() & tietorch.Hankel()
-    ).layout((4, 4)).n_free
+    assert (
+        both.layout((4, 4)).n_free
+        == (tietorch.Symmetric() & tietorch.Toeplitz() & tietorch.Hankel()).layout((4, 4)).n_free
+    )
 
 
 def test_unknown_tie_suggests_a_name(capsys) -> None:
@@ -313,8 +314,17 @@ def test_check_passes_a_correct_tie(capsys, user_module: str) -> None:
 
 
 def test_check_with_shapes_and_a_factory(capsys, user_module: str) -> None:
-    code, out, err = run(capsys, "check", f"{user_module}:make_good", "--shape", "3,3,3,3",
-                         "--shape", "2,2,5,5", "--max-examples", "5")
+    code, out, err = run(
+        capsys,
+        "check",
+        f"{user_module}:make_good",
+        "--shape",
+        "3,3,3,3",
+        "--shape",
+        "2,2,5,5",
+        "--max-examples",
+        "5",
+    )
     assert code == 0, err
     assert "3x3x3x3, 2x2x5x5" in out
 
@@ -339,7 +349,11 @@ def test_check_in_a_subprocess_with_pythonpath(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(lib)}
     result = subprocess.run(
         [sys.executable, "-m", "tietorch", "check", "sub_user_ties:WRONG", "--max-examples", "5"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 1 and "FAIL" in result.stdout, result.stderr
 
@@ -365,7 +379,7 @@ def test_bench_runs_the_benchmarks_module(capsys, monkeypatch) -> None:
     monkeypatch.setattr(cli.subprocess, "run", fake_run)
     code, _, _ = run(capsys, "bench", "--quick")
     assert code == 0
-    (command, kwargs), = calls
+    ((command, kwargs),) = calls
     assert command == [sys.executable, "-m", "benchmarks", "--quick"]
     assert Path(kwargs["cwd"]) == REPO
 
@@ -380,7 +394,10 @@ def test_demo_in_a_subprocess(tmp_path: Path) -> None:
     command = [script] if script else [sys.executable, "-m", "tietorch"]
     result = subprocess.run(
         [*command, "demo", "--seconds", "1", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
     out = result.stdout
@@ -398,8 +415,12 @@ def test_demo_fails_when_a_check_fails(capsys, monkeypatch) -> None:
     from tietorch import _demo
 
     checks = _demo.constraint_checks()
-    broken = _demo.Check("mix.weight", "SymmetricFlip()", "W == W.T (wrong on purpose)",
-                         lambda m: torch.equal(m.mix.weight, m.mix.weight.transpose(2, 3)))
+    broken = _demo.Check(
+        "mix.weight",
+        "SymmetricFlip()",
+        "W == W.T (wrong on purpose)",
+        lambda m: torch.equal(m.mix.weight, m.mix.weight.transpose(2, 3)),
+    )
     monkeypatch.setattr(_demo, "constraint_checks", lambda: [*checks, broken])
     threads = torch.get_num_threads()
     code, out, _ = run(capsys, "demo", "--seconds", "0")

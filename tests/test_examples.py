@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = sorted(
-    p for p in (Path(__file__).resolve().parent.parent / "examples").glob("*.py")
+    p
+    for p in (Path(__file__).resolve().parent.parent / "examples").glob("*.py")
     if not p.name.startswith("_")  # shared helpers, not examples
 )
 
@@ -20,7 +21,10 @@ def test_there_are_examples():
 def test_example_runs_quick(script):
     result = subprocess.run(
         [sys.executable, str(script), "--quick"],
-        capture_output=True, text=True, timeout=120, cwd=script.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=script.parent,
     )
     assert result.returncode == 0, (
         f"{script.name} --quick exited with {result.returncode}\n"

@@ -21,13 +21,15 @@ from tietorch._rank import _rows_of
 
 def links():
     """(follower shape from leader shape, relation, description) for a 2-D leader (m, n)."""
-    return st.sampled_from([
-        ("identity", lambda m, n: (m, n), None),
-        ("transpose", lambda m, n: (n, m), lambda i, j: (j, i)),
-        ("flip", lambda m, n: (m, n), lambda i, j: (-1 - i, j)),
-        ("first row", lambda m, n: (1, n), lambda i, j: (i, j)),
-        ("last column", lambda m, n: (m, 1), lambda i, j: (i, j - 1)),
-    ])
+    return st.sampled_from(
+        [
+            ("identity", lambda m, n: (m, n), None),
+            ("transpose", lambda m, n: (n, m), lambda i, j: (j, i)),
+            ("flip", lambda m, n: (m, n), lambda i, j: (-1 - i, j)),
+            ("first row", lambda m, n: (1, n), lambda i, j: (i, j)),
+            ("last column", lambda m, n: (m, 1), lambda i, j: (i, j - 1)),
+        ]
+    )
 
 
 @st.composite
@@ -42,7 +44,8 @@ def groups(draw):
         signs.append(draw(st.sampled_from([1, -1])))
     within = [
         draw(st.sampled_from([None, tt.Toeplitz(), tt.ShareAlong(0), tt.Antisymmetric()]))
-        if shape[0] == shape[1] else draw(st.sampled_from([None, tt.Toeplitz(), tt.ShareAlong(1)]))
+        if shape[0] == shape[1]
+        else draw(st.sampled_from([None, tt.Toeplitz(), tt.ShareAlong(1)]))
         for shape in shapes
     ]
     return shapes, relations, signs, within
@@ -59,7 +62,7 @@ def dense_rank_dimension(shapes, relations, signs, within):
             continue
         for row in _rows_of(tie, shape):
             wide = np.zeros(total)
-            wide[offsets[k]:offsets[k + 1]] = row
+            wide[offsets[k] : offsets[k + 1]] = row
             rows.append(wide)
     for k in range(1, len(shapes)):
         relation = relations[k - 1] or (lambda *idx: idx)
@@ -218,8 +221,11 @@ def test_functional_call_and_compile_see_one_vector():
 
 def test_within_and_across_compose():
     enc, dec = nn.Linear(4, 4), nn.Linear(4, 4)
-    tt.tie_tensors([(enc, "weight"), (dec, "weight")], relation=lambda i, j: (j, i),
-                   ties=[tt.Symmetric(), None])
+    tt.tie_tensors(
+        [(enc, "weight"), (dec, "weight")],
+        relation=lambda i, j: (j, i),
+        ties=[tt.Symmetric(), None],
+    )
     assert sum(p.numel() for p in (*enc.parameters(), *dec.parameters())) == 10 + 8
     assert torch.equal(enc.weight, enc.weight.T) and torch.equal(dec.weight, enc.weight)
 
@@ -228,8 +234,7 @@ def test_sign_and_slices():
     big, part = nn.Module(), nn.Module()
     big.weight = nn.Parameter(torch.randn(4, 5))
     part.weight = nn.Parameter(torch.randn(2, 5))
-    tt.tie_tensors([(big, "weight"), (part, "weight")], relation=lambda i, j: (i + 2, j),
-                   sign=-1)
+    tt.tie_tensors([(big, "weight"), (part, "weight")], relation=lambda i, j: (i + 2, j), sign=-1)
     assert torch.equal(part.weight, -big.weight[2:])
     assert sum(p.numel() for p in (*big.parameters(), *part.parameters())) == 20
 
@@ -242,8 +247,11 @@ def test_refusals_leave_every_module_untouched():
     with pytest.raises(ValueError, match="outside"):
         tt.tie_tensors([(enc, "weight"), (dec, "weight")], relation=lambda i, j: (j + 1, i))
     with pytest.raises(ValueError, match="equal size"):
-        tt.tie_tensors([(enc, "weight"), (dec, "weight")], relation=lambda i, j: (j, i),
-                       ties=[None, tt.Symmetric()])
+        tt.tie_tensors(
+            [(enc, "weight"), (dec, "weight")],
+            relation=lambda i, j: (j, i),
+            ties=[None, tt.Symmetric()],
+        )
     dec.double()
     with pytest.raises(ValueError, match="one dtype"):
         tt.tie_tensors([(enc, "weight"), (dec, "weight")], relation=lambda i, j: (j, i))
@@ -256,22 +264,23 @@ def test_refusals_leave_every_module_untouched():
 
 
 def test_tie_model_by_names():
-    lm = nn.ModuleDict(dict(embed=nn.Embedding(20, 4), mix=nn.Linear(4, 4),
-                            head=nn.Linear(4, 20, bias=False)))
-    errors = tt.tie_model(lm, {("embed.weight", "head.weight"): None,
-                               "mix.weight": tt.Symmetric()})
+    lm = nn.ModuleDict(
+        dict(embed=nn.Embedding(20, 4), mix=nn.Linear(4, 4), head=nn.Linear(4, 20, bias=False))
+    )
+    errors = tt.tie_model(lm, {("embed.weight", "head.weight"): None, "mix.weight": tt.Symmetric()})
     assert set(errors) == {"embed.weight", "mix.weight"}
     assert sum(p.numel() for p in lm.parameters()) == 80 + 10 + 4
     tokens = torch.tensor([[1, 2, 3]])
     logits = lm["head"](lm["mix"](lm["embed"](tokens)))
     assert logits.shape == (1, 3, 20)
     with pytest.raises(ValueError, match="more than one group"):
-        tt.tie_model(nn.ModuleDict(dict(a=nn.Linear(2, 2), b=nn.Linear(2, 2), c=nn.Linear(2, 2))),
-                     {("a.weight", "b.weight"): None, ("a.weight", "c.weight"): None})
+        tt.tie_model(
+            nn.ModuleDict(dict(a=nn.Linear(2, 2), b=nn.Linear(2, 2), c=nn.Linear(2, 2))),
+            {("a.weight", "b.weight"): None, ("a.weight", "c.weight"): None},
+        )
     clean = nn.ModuleDict(dict(a=nn.Linear(2, 2), b=nn.Linear(2, 3)))
     with pytest.raises(ValueError, match="equal size"):
-        tt.tie_model(clean, {("a.weight", "a.bias"): lambda i: (i, i),
-                             "b.weight": tt.Symmetric()})
+        tt.tie_model(clean, {("a.weight", "a.bias"): lambda i: (i, i), "b.weight": tt.Symmetric()})
     assert not any(parametrize.is_parametrized(m) for m in clean.values())
 
 

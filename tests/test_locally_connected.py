@@ -78,13 +78,19 @@ def configs(draw):
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 4), 9))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 4), 9))
     pad = padding if isinstance(padding, tuple) else (0, 0)
-    if padding != "same" and (h + 2 * pad[0] < dh * (kh - 1) + 1
-                              or w + 2 * pad[1] < dw * (kw - 1) + 1):
+    if padding != "same" and (
+        h + 2 * pad[0] < dh * (kh - 1) + 1 or w + 2 * pad[1] < dw * (kw - 1) + 1
+    ):
         h, w = h + dh * (kh - 1) + 1, w + dw * (kw - 1) + 1  # make sure a location exists
     return dict(
-        in_channels=draw(st.integers(1, 3)), out_channels=draw(st.integers(1, 3)),
-        kernel_size=(kh, kw), input_size=(h, w), stride=(sh, sw), padding=padding,
-        dilation=(dh, dw), bias=draw(st.booleans()),
+        in_channels=draw(st.integers(1, 3)),
+        out_channels=draw(st.integers(1, 3)),
+        kernel_size=(kh, kw),
+        input_size=(h, w),
+        stride=(sh, sw),
+        padding=padding,
+        dilation=(dh, dw),
+        bias=draw(st.booleans()),
     ), draw(st.integers(1, 3))
 
 
@@ -97,11 +103,12 @@ def test_matches_forum_reference(cfg, seed):
     layer = LocallyConnected2d(**kwargs, dtype=DT)
     with torch.no_grad():  # make the locations really differ (init is already random)
         layer.weight.normal_()
-    expected = forum_reference(x, layer.weight, layer.bias, layer.stride, layer_pads(layer),
-                               layer.dilation)
+    expected = forum_reference(
+        x, layer.weight, layer.bias, layer.stride, layer_pads(layer), layer.dilation
+    )
     for impl in IMPLS:
         layer.implementation = impl
-        for budget in ((8 << 20, 1) if impl == "chunked" else (8 << 20,)):
+        for budget in (8 << 20, 1) if impl == "chunked" else (8 << 20,):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(lcf, "SCRATCH_BUDGET", budget)
                 y = layer(x)
@@ -113,8 +120,9 @@ def test_matches_forum_reference(cfg, seed):
 def test_uneven_row_chunks(rows):
     """Chunks of 1, 2, 3 rows over 5 output rows (last chunk shorter), values and grads."""
     torch.manual_seed(0)
-    layer = LocallyConnected2d(2, 3, (2, 3), (5, 8), stride=(1, 2), padding=(1, 0),
-                               dilation=(2, 1), dtype=DT)
+    layer = LocallyConnected2d(
+        2, 3, (2, 3), (5, 8), stride=(1, 2), padding=(1, 0), dilation=(2, 1), dtype=DT
+    )
     assert layer.output_size == (5, 3)
     x = torch.randn(3, 2, 5, 8, dtype=DT, requires_grad=True)
     y = lcf.locally_connected_gemm(x, layer.weight, layer.bias, layer._geometry, rows)
@@ -130,12 +138,19 @@ def test_uneven_row_chunks(rows):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_1d_matches_reference_and_conv1d(impl, tiny_budget):
     torch.manual_seed(1)
-    layer = LocallyConnected1d(3, 4, 3, 11, stride=2, padding=2, dilation=2, dtype=DT,
-                               implementation=impl)
+    layer = LocallyConnected1d(
+        3, 4, 3, 11, stride=2, padding=2, dilation=2, dtype=DT, implementation=impl
+    )
     assert layer.weight.shape == (6, 4, 3, 3) and layer.bias.shape == (6, 4)
     x = torch.randn(2, 3, 11, dtype=DT)
-    ref = forum_reference(x.unsqueeze(2), layer.weight.unsqueeze(0).unsqueeze(-2),
-                          layer.bias.unsqueeze(0), (1, 2), (0, 0, 2, 2), (1, 2)).squeeze(2)
+    ref = forum_reference(
+        x.unsqueeze(2),
+        layer.weight.unsqueeze(0).unsqueeze(-2),
+        layer.bias.unsqueeze(0),
+        (1, 2),
+        (0, 0, 2, 2),
+        (1, 2),
+    ).squeeze(2)
     torch.testing.assert_close(layer(x), ref, rtol=1e-12, atol=1e-12)
     # and every location equal -> Conv1d
     conv = nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2, dtype=DT)
@@ -216,8 +231,9 @@ def test_unshare_refuses_groups_and_padding_modes():
 
 def test_all_shared_tie_equals_conv2d():
     torch.manual_seed(6)
-    layer = LocallyConnected2d(3, 5, 3, (9, 8), stride=(2, 1), padding=1, dtype=DT,
-                               tie=TileShare(1))
+    layer = LocallyConnected2d(
+        3, 5, 3, (9, 8), stride=(2, 1), padding=1, dtype=DT, tie=TileShare(1)
+    )
     w, b = layer.weight, layer.bias
     assert sum(p.numel() for p in layer.parameters()) == 5 * 3 * 3 * 3 + 5
     x = torch.randn(2, 3, 9, 8, dtype=DT)
@@ -234,8 +250,18 @@ def test_all_shared_tie_equals_conv2d():
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradcheck_2d(impl, bias, tiny_budget):
     torch.manual_seed(7)
-    layer = LocallyConnected2d(2, 2, (2, 3), (5, 6), stride=(1, 2), padding=(1, 1),
-                               dilation=(2, 1), bias=bias, dtype=DT, implementation=impl)
+    layer = LocallyConnected2d(
+        2,
+        2,
+        (2, 3),
+        (5, 6),
+        stride=(1, 2),
+        padding=(1, 1),
+        dilation=(2, 1),
+        bias=bias,
+        dtype=DT,
+        implementation=impl,
+    )
     x = torch.randn(2, 2, 5, 6, dtype=DT, requires_grad=True)
     params = {n: p.detach().clone().requires_grad_() for n, p in layer.named_parameters()}
     names = list(params)
@@ -315,8 +341,17 @@ def test_locality_input_and_parameters(impl, tiny_budget):
     kernel and bias: the gradient of that output is zero everywhere else."""
     torch.manual_seed(12)
     pads = (1, 1, 2, 2)
-    layer = LocallyConnected2d(2, 3, (2, 3), (8, 9), stride=(2, 1), padding=(1, 2),
-                               dilation=(2, 2), dtype=DT, implementation=impl)
+    layer = LocallyConnected2d(
+        2,
+        3,
+        (2, 3),
+        (8, 9),
+        stride=(2, 1),
+        padding=(1, 2),
+        dilation=(2, 2),
+        dtype=DT,
+        implementation=impl,
+    )
     ho, wo = layer.output_size
     kh, kw = layer.kernel_size
     for i, j in [(0, 0), (ho - 1, wo - 1), (ho // 2, wo // 2), (1, wo - 2)]:
@@ -481,8 +516,9 @@ def test_repr_and_auto_choice():
         "LocallyConnected2d(3, 64, kernel_size=(3, 3), input_size=(32, 32), stride=(1, 1), "
         "padding='same', bias=False)"
     )
-    assert "dilation=(2,)" in repr(LocallyConnected1d(2, 2, 3, 20, dilation=2,
-                                                      implementation="unfold"))
+    assert "dilation=(2,)" in repr(
+        LocallyConnected1d(2, 2, 3, 20, dilation=2, implementation="unfold")
+    )
     assert layer.implementation_for(1) == "batched"
     assert layer.implementation_for(512) == "chunked"
     assert LocallyConnected2d(3, 4, 3, 8, implementation="unfold").implementation_for(1) == "unfold"

@@ -15,9 +15,11 @@ import tietorch as tt
 
 
 def snapshot(module):
-    return type(module), {k: v.clone() for k, v in module.state_dict().items()}, [
-        p.shape for p in module.parameters()
-    ]
+    return (
+        type(module),
+        {k: v.clone() for k, v in module.state_dict().items()},
+        [p.shape for p in module.parameters()],
+    )
 
 
 def assert_untouched(module, before):
@@ -33,10 +35,17 @@ def assert_untouched(module, before):
 def conv_cases(draw):
     nf = draw(st.integers(1, 5))
     k = draw(st.sampled_from([1, 2, 3]))
-    tie = draw(st.sampled_from([
-        tt.SymmetricFlip(), tt.SymmetricFlip(sign=-1), tt.KernelSymmetry("D4"),
-        tt.ShareAlong(1), tt.KernelSymmetry("flip_h") & tt.SymmetricFlip(),
-    ]))
+    tie = draw(
+        st.sampled_from(
+            [
+                tt.SymmetricFlip(),
+                tt.SymmetricFlip(sign=-1),
+                tt.KernelSymmetry("D4"),
+                tt.ShareAlong(1),
+                tt.KernelSymmetry("flip_h") & tt.SymmetricFlip(),
+            ]
+        )
+    )
     return nf, k, tie
 
 
@@ -49,8 +58,11 @@ def test_constraint_holds_exactly_after_optimizer_steps(case, opt_name):
     layout = tie.layout(conv.weight.shape)
     params = list(conv.parameters())
     assert sum(p.numel() for p in params) == layout.n_free + nf
-    opt = (torch.optim.SGD(params, lr=0.1, momentum=0.9) if opt_name == "sgd"
-           else torch.optim.Adam(params, lr=0.05))
+    opt = (
+        torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        if opt_name == "sgd"
+        else torch.optim.Adam(params, lr=0.05)
+    )
     x = torch.randn(4, nf, 6, 6)
     for _ in range(3):
         conv(x).square().mean().backward()
@@ -79,8 +91,9 @@ def test_gradient_of_a_shared_parameter_is_the_sum_over_its_class():
     dense = lin.weight.detach().clone().requires_grad_(True)
     (x @ dense.T).sum().backward()
     layout = tt.Symmetric().layout((4, 4))
-    expected = torch.zeros(layout.n_free).index_add_(0, layout.index.reshape(-1),
-                                                     dense.grad.reshape(-1))
+    expected = torch.zeros(layout.n_free).index_add_(
+        0, layout.index.reshape(-1), dense.grad.reshape(-1)
+    )
     assert torch.allclose(lin.parametrizations.weight.original.grad, expected)
 
 

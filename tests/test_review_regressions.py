@@ -90,7 +90,8 @@ def test_preserve_std_reports_the_projection_error_of_the_original():
     a, b = nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)
     b.load_state_dict(a.state_dict())
     assert tt.register_tie(a, "weight", tt.ShareAlong(1)) == pytest.approx(
-        tt.register_tie(b, "weight", tt.ShareAlong(1), init="preserve_std"))
+        tt.register_tie(b, "weight", tt.ShareAlong(1), init="preserve_std")
+    )
 
 
 def test_non_integer_arguments_are_refused_not_truncated():
@@ -112,8 +113,14 @@ def test_a_long_1d_locally_connected_layer_works_in_bounded_blocks(monkeypatch):
     assert layer.implementation_for(2) == "chunked"
     x = torch.randn(2, 8, 4096, dtype=torch.float64)
     # the seed's formula, on the 1-d layer viewed as 2-d with height 1
-    expected = forum_reference(x.unsqueeze(2), layer.weight.unsqueeze(0).unsqueeze(-2),
-                               layer.bias.unsqueeze(0), (1, 1), (0, 0, 0, 0), (1, 1)).squeeze(2)
+    expected = forum_reference(
+        x.unsqueeze(2),
+        layer.weight.unsqueeze(0).unsqueeze(-2),
+        layer.bias.unsqueeze(0),
+        (1, 1),
+        (0, 0, 0, 0),
+        (1, 1),
+    ).squeeze(2)
     assert torch.allclose(layer(x), expected)
 
 

@@ -142,7 +142,8 @@ class FirstEntryLayout(TieLayout):
     def project(self, weight):
         flat = weight.reshape(-1)
         first = torch.full((self.n_free,), flat.numel()).scatter_reduce_(
-            0, self.index.reshape(-1), torch.arange(flat.numel()), "amin")
+            0, self.index.reshape(-1), torch.arange(flat.numel()), "amin"
+        )
         return flat[first]
 
 
@@ -288,8 +289,7 @@ def test_built_in_ties_pass(tie):
 
 def test_correct_hand_written_layouts_pass():
     check_tie(ClosedFormSymmetricFlip(), max_examples=10)
-    check_tie(ClosedFormSymmetricFlip(sign=-1), shapes=[(2, 2, 3, 3), (3, 3, 1, 2)],
-              max_examples=5)
+    check_tie(ClosedFormSymmetricFlip(sign=-1), shapes=[(2, 2, 3, 3), (3, 3, 1, 2)], max_examples=5)
     check_tie(ClosedFormAntisymmetric(), max_examples=10)
 
 
@@ -338,28 +338,47 @@ def test_out_of_range_is_caught():
     assert "built a TieLayout that its constructor refuses" in message
     assert "index values must lie in [0, n_free=2), got [0, 2]" in message
     # changed after construction: check_tie checks what layout() returns, not the constructor
-    message = failure(Tampered("n_free - 1", n_free=lambda t: t.n_free - 1), shapes=[(2, 2)],
-                      max_examples=5)
+    message = failure(
+        Tampered("n_free - 1", n_free=lambda t: t.n_free - 1), shapes=[(2, 2)], max_examples=5
+    )
     assert "shape (2, 2): the layout is malformed" in message
     assert "index out of range: W[1, 1] reads free parameter 2, outside [0, n_free = 2)" in message
 
 
-@pytest.mark.parametrize(("tie", "expected"), [
-    (Tampered("tuple", returns=lambda t: (t.index, t.n_free)),
-     "layout() returned a tuple, not a tietorch.TieLayout"),
-    (Tampered("shape", index=lambda t: t.index[:1]),
-     "index has shape (1, 3), but the tensor has shape (3, 3)"),
-    (Tampered("float", index=lambda t: t.index.double()),
-     "index has dtype torch.float64; it must be an integer tensor"),
-    (Tampered("sign 2", sign=lambda t: t.sign * 2),
-     "sign values must be +1, -1 or 0, but the sign of W[0, 0] is 2"),
-    (Tampered("sign shape", sign=lambda t: t.sign[0]),
-     "sign has shape (3,), but the tensor has shape (3, 3)"),
-    (Tampered("n_free + 1", n_free=lambda t: t.n_free + 1),
-     "1 of the n_free = 7 free parameters are read by no entry (unused: 6)"),
-    (Tampered("relabelled", index=lambda t: torch.where(t.index < 2, 1 - t.index, t.index)),
-     "class_sizes does not match the index"),
-], ids=repr)
+@pytest.mark.parametrize(
+    ("tie", "expected"),
+    [
+        (
+            Tampered("tuple", returns=lambda t: (t.index, t.n_free)),
+            "layout() returned a tuple, not a tietorch.TieLayout",
+        ),
+        (
+            Tampered("shape", index=lambda t: t.index[:1]),
+            "index has shape (1, 3), but the tensor has shape (3, 3)",
+        ),
+        (
+            Tampered("float", index=lambda t: t.index.double()),
+            "index has dtype torch.float64; it must be an integer tensor",
+        ),
+        (
+            Tampered("sign 2", sign=lambda t: t.sign * 2),
+            "sign values must be +1, -1 or 0, but the sign of W[0, 0] is 2",
+        ),
+        (
+            Tampered("sign shape", sign=lambda t: t.sign[0]),
+            "sign has shape (3,), but the tensor has shape (3, 3)",
+        ),
+        (
+            Tampered("n_free + 1", n_free=lambda t: t.n_free + 1),
+            "1 of the n_free = 7 free parameters are read by no entry (unused: 6)",
+        ),
+        (
+            Tampered("relabelled", index=lambda t: torch.where(t.index < 2, 1 - t.index, t.index)),
+            "class_sizes does not match the index",
+        ),
+    ],
+    ids=repr,
+)
 def test_malformed_layouts_are_caught(tie, expected):
     message = failure(tie, shapes=[(3, 3)], max_examples=3)
     assert "shape (3, 3): the layout is malformed" in message and expected in message
@@ -459,8 +478,9 @@ def test_import_tietorch_without_hypothesis():
         else:
             raise SystemExit("tietorch.testing imported without Hypothesis")
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert 'pip install "tietorch[testing]"' in result.stdout
 

@@ -17,10 +17,21 @@ small = st.integers(1, 4)
 @st.composite
 def tie_and_shape(draw):
     """A built-in tie with random arguments and a random shape it accepts."""
-    kind = draw(st.sampled_from(
-        ["symflip", "sym", "antisym", "share", "groups", "toeplitz", "hankel", "circulant",
-         "kernel"]
-    ))
+    kind = draw(
+        st.sampled_from(
+            [
+                "symflip",
+                "sym",
+                "antisym",
+                "share",
+                "groups",
+                "toeplitz",
+                "hankel",
+                "circulant",
+                "kernel",
+            ]
+        )
+    )
     if kind in ("symflip", "sym", "antisym"):
         n, k1, k2 = draw(small), draw(small), draw(small)
         if kind == "symflip":
@@ -31,8 +42,14 @@ def tie_and_shape(draw):
         return (tie(dims=(1, 2)), (k1, n, n)) if batch else (tie(), (n, n))
     if kind == "share":
         shape = tuple(draw(st.lists(small, min_size=1, max_size=4)))
-        dims = draw(st.lists(st.integers(-len(shape), len(shape) - 1), min_size=1, max_size=2,
-                             unique_by=lambda d: d % len(shape)))
+        dims = draw(
+            st.lists(
+                st.integers(-len(shape), len(shape) - 1),
+                min_size=1,
+                max_size=2,
+                unique_by=lambda d: d % len(shape),
+            )
+        )
         return tt.ShareAlong(dims), shape
     if kind == "groups":
         groups, block, other = draw(small), draw(small), draw(small)
@@ -105,8 +122,10 @@ def test_projection_is_idempotent_and_orthogonal(case, seed):
     tie, shape = case
     layout = tie.layout(shape)
     gen = torch.Generator().manual_seed(seed)
-    w, v = torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(
-        shape, generator=gen, dtype=torch.float64)
+    w, v = (
+        torch.randn(shape, generator=gen, dtype=torch.float64),
+        torch.randn(shape, generator=gen, dtype=torch.float64),
+    )
     pw = layout.materialize(layout.project(w))
     assert torch.allclose(layout.materialize(layout.project(pw)), pw, atol=1e-12)
     assert direct_constraint_holds(tie, pw)
@@ -177,15 +196,18 @@ def test_free_parameters_are_numbered_by_first_entry():
     assert index.tolist() == [[0, 1, 2], [1, 3, 4], [2, 4, 5]]
 
 
-@pytest.mark.parametrize("tie, shape, message", [
-    (tt.Symmetric(), (3, 4), "equal size"),
-    (tt.SymmetricFlip(), (3, 3, 3), "dims"),
-    (tt.Circulant(), (3, 4), "square"),
-    (tt.KernelSymmetry("D4"), (3, 3, 2), "square"),
-    (tt.KernelSymmetry("D4"), (3,), "last two dims"),
-    (tt.ShareAcrossGroups(3), (4, 2), "divisible by 3"),
-    (tt.ShareAlong(2), (4, 2), "dims"),
-])
+@pytest.mark.parametrize(
+    "tie, shape, message",
+    [
+        (tt.Symmetric(), (3, 4), "equal size"),
+        (tt.SymmetricFlip(), (3, 3, 3), "dims"),
+        (tt.Circulant(), (3, 4), "square"),
+        (tt.KernelSymmetry("D4"), (3, 3, 2), "square"),
+        (tt.KernelSymmetry("D4"), (3,), "last two dims"),
+        (tt.ShareAcrossGroups(3), (4, 2), "divisible by 3"),
+        (tt.ShareAlong(2), (4, 2), "dims"),
+    ],
+)
 def test_refused_shapes_name_the_tie_and_shape(tie, shape, message):
     with pytest.raises(ValueError, match=message) as info:
         tie.layout(shape)

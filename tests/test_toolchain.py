@@ -22,8 +22,11 @@ def make_net(tie_fn=None):
 
 def ties_hold(net):
     w0, w2 = net[0].weight, net[2].weight
-    return bool(torch.equal(w0, w0.rot90(1, (2, 3))) and torch.equal(w0, w0.flip(3))
-                and torch.equal(w2, -w2.transpose(0, 1).flip(2, 3)))
+    return bool(
+        torch.equal(w0, w0.rot90(1, (2, 3)))
+        and torch.equal(w0, w0.flip(3))
+        and torch.equal(w2, -w2.transpose(0, 1).flip(2, 3))
+    )
 
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -98,6 +101,7 @@ def test_deepcopy_is_independent_under_cache_and_removal():
     with torch.no_grad():
         for p in clone.parameters():
             p.add_(1.0)
+
     def rebuilt(conv):  # the weight recomputed from the module's own free vector
         plist = conv.parametrizations.weight
         return plist[0](plist.original)

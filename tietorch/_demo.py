@@ -151,24 +151,51 @@ def _tiled(t: Tensor, tile: int) -> bool:
 
 def constraint_checks() -> list[Check]:
     """What the demo verifies after training (and after reloading), one row per tied tensor."""
+
     def weight(m: DemoNet, name: str) -> Tensor:
         return getattr(m, name).weight.detach()
 
     blocks = " == ".join(f"{{0}}[{k * BANK}:{(k + 1) * BANK}]" for k in range(STREAMS))
     return [
-        Check("streams.weight", f"ShareAcrossGroups({STREAMS})", blocks.format("W"),
-              lambda m: _blocks_equal(weight(m, "streams"), STREAMS)),
-        Check("streams.bias", f"ShareAcrossGroups({STREAMS})", blocks.format("b"),
-              lambda m: _blocks_equal(m.streams.bias, STREAMS)),
-        Check("mix.weight", "SymmetricFlip()", "W == W.transpose(0, 1).flip(2, 3)",
-              lambda m: torch.equal(weight(m, "mix"), weight(m, "mix").transpose(0, 1).flip(2, 3))),
-        Check("iso.weight", "KernelSymmetry('D4')", "W == W.rot90(1, (2, 3)) == W.flip(3)",
-              lambda m: torch.equal(weight(m, "iso"), weight(m, "iso").rot90(1, (2, 3)))
-              and torch.equal(weight(m, "iso"), weight(m, "iso").flip(3))),
-        Check("local.weight", "TileShare(2)", "W[i, j] == W[i % 2, j % 2]",
-              lambda m: _tiled(m.local.weight, 2)),
-        Check("local.bias", "TileShare(2)", "b[i, j] == b[i % 2, j % 2]",
-              lambda m: _tiled(m.local.bias, 2)),
+        Check(
+            "streams.weight",
+            f"ShareAcrossGroups({STREAMS})",
+            blocks.format("W"),
+            lambda m: _blocks_equal(weight(m, "streams"), STREAMS),
+        ),
+        Check(
+            "streams.bias",
+            f"ShareAcrossGroups({STREAMS})",
+            blocks.format("b"),
+            lambda m: _blocks_equal(m.streams.bias, STREAMS),
+        ),
+        Check(
+            "mix.weight",
+            "SymmetricFlip()",
+            "W == W.transpose(0, 1).flip(2, 3)",
+            lambda m: torch.equal(weight(m, "mix"), weight(m, "mix").transpose(0, 1).flip(2, 3)),
+        ),
+        Check(
+            "iso.weight",
+            "KernelSymmetry('D4')",
+            "W == W.rot90(1, (2, 3)) == W.flip(3)",
+            lambda m: (
+                torch.equal(weight(m, "iso"), weight(m, "iso").rot90(1, (2, 3)))
+                and torch.equal(weight(m, "iso"), weight(m, "iso").flip(3))
+            ),
+        ),
+        Check(
+            "local.weight",
+            "TileShare(2)",
+            "W[i, j] == W[i % 2, j % 2]",
+            lambda m: _tiled(m.local.weight, 2),
+        ),
+        Check(
+            "local.bias",
+            "TileShare(2)",
+            "b[i, j] == b[i % 2, j % 2]",
+            lambda m: _tiled(m.local.bias, 2),
+        ),
     ]
 
 
@@ -337,12 +364,18 @@ def _run(seconds: float, seed: int, out: str | Path | None, stream: TextIO) -> i
 
     say("tietorch demo: tie a small CNN, train it, check the ties, save and reload")
     say(f"  task:  name the shape ({', '.join(CLASSES[:-1])} or {CLASSES[-1]}) hidden in one of")
-    say(f"         {STREAMS} input streams of {SIDE}x{SIDE} noise; {N_TRAIN:,} training and "
-        f"{N_TEST:,} test images, made in code")
-    say(f"  model: streams (grouped conv: one filter bank shared by the {STREAMS} streams)"
-        " -> mix (self-adjoint conv)")
-    say("         -> iso (D4-symmetric conv) -> max pool -> local (locally connected, 2x2 tiles)"
-        " -> linear")
+    say(
+        f"         {STREAMS} input streams of {SIDE}x{SIDE} noise; {N_TRAIN:,} training and "
+        f"{N_TEST:,} test images, made in code"
+    )
+    say(
+        f"  model: streams (grouped conv: one filter bank shared by the {STREAMS} streams)"
+        " -> mix (self-adjoint conv)"
+    )
+    say(
+        "         -> iso (D4-symmetric conv) -> max pool -> local (locally connected, 2x2 tiles)"
+        " -> linear"
+    )
     say()
     say(str(tietorch.summary(model)))
     say()
@@ -358,9 +391,12 @@ def _run(seconds: float, seed: int, out: str | Path | None, stream: TextIO) -> i
     checks = constraint_checks()
     results = [c.holds(model) for c in checks]
     say("constraints after training, checked bitwise (torch.equal):")
-    say(_table(("tensor", "tie", "check", "holds"),
-               [(c.tensor, c.tie, c.expression, _mark(ok, stream))
-                for c, ok in zip(checks, results)]))
+    say(
+        _table(
+            ("tensor", "tie", "check", "holds"),
+            [(c.tensor, c.tie, c.expression, _mark(ok, stream)) for c, ok in zip(checks, results)],
+        )
+    )
     say(f"  -> constraints hold exactly: {_mark(all(results), stream)}")
     say()
 
@@ -379,24 +415,36 @@ def _run(seconds: float, seed: int, out: str | Path | None, stream: TextIO) -> i
         reloaded_exact = all(c.holds(fresh) for c in checks)
         where = str(path) if out is not None else "a temporary directory"
     dense_size = _serialized_size(tietorch.dense_state_dict(model))
-    say(f"saved state_dict to {where} ({_size(file_size)}; a dense checkpoint: "
-        f"{_size(dense_size)})")
+    say(
+        f"saved state_dict to {where} ({_size(file_size)}; a dense checkpoint: {_size(dense_size)})"
+    )
     say("reloaded with torch.load(weights_only=True) into a freshly built tied model:")
-    say(f"  -> outputs identical: {_mark(identical, stream)}, constraints hold exactly: "
-        f"{_mark(reloaded_exact, stream)}")
+    say(
+        f"  -> outputs identical: {_mark(identical, stream)}, constraints hold exactly: "
+        f"{_mark(reloaded_exact, stream)}"
+    )
     say()
 
     info = tietorch.summary(model)
     dense = info.model_parameters - info.free + info.entries
     say("results:")
-    say(_table(("", "before", "after"), [
-        ("test accuracy", f"{acc_before:.3f}", f"{acc_after:.3f}"),
-        ("test loss", f"{loss_before:.3f}", f"{loss_after:.3f}"),
-    ]))
-    say(f"  trained {train_s:.1f} s: {_plural(epochs, 'epoch')}, {_plural(steps, 'step')} "
-        f"(chance accuracy {1 / len(CLASSES):.2f})")
-    say(f"  parameters: {dense:,} dense -> {info.model_parameters:,} free "
-        f"({dense / info.model_parameters:.1f}x fewer)")
+    say(
+        _table(
+            ("", "before", "after"),
+            [
+                ("test accuracy", f"{acc_before:.3f}", f"{acc_after:.3f}"),
+                ("test loss", f"{loss_before:.3f}", f"{loss_after:.3f}"),
+            ],
+        )
+    )
+    say(
+        f"  trained {train_s:.1f} s: {_plural(epochs, 'epoch')}, {_plural(steps, 'step')} "
+        f"(chance accuracy {1 / len(CLASSES):.2f})"
+    )
+    say(
+        f"  parameters: {dense:,} dense -> {info.model_parameters:,} free "
+        f"({dense / info.model_parameters:.1f}x fewer)"
+    )
     say(f"  checkpoint: {_size(file_size)} (dense: {_size(dense_size)})")
     ok = all(results) and identical and reloaded_exact
     say()

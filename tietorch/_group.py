@@ -219,7 +219,10 @@ def _apply(plan: _Plan) -> None:
     labels = ", ".join(label for _, _, label, _ in plan.members)
     _log.info(
         "tied %s together: %d -> %d parameters, relative projection error %.3g",
-        labels, plan.index.numel(), plan.n_free, plan.error,
+        labels,
+        plan.index.numel(),
+        plan.n_free,
+        plan.error,
     )
 
 

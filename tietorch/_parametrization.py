@@ -182,9 +182,7 @@ def _check_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str
             )
 
 
-def _install(
-    module: nn.Module, name: str, param: TieParametrization, initial: Tensor
-) -> None:
+def _install(module: nn.Module, name: str, param: TieParametrization, initial: Tensor) -> None:
     """Register ``param`` on ``module.<name>`` with the free vector (or placeholder) ``initial``.
 
     Callers have validated everything first, so this does not fail half-way.
@@ -224,7 +222,8 @@ def _deepcopy_parametrized(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
     replica.__dict__ = copy.deepcopy(self.__dict__, memo)
     # A class of its own, with properties bound to the replica (parametrize's own injector).
     members = {
-        k: v for k, v in cls.__dict__.items()
+        k: v
+        for k, v in cls.__dict__.items()
         if not isinstance(v, property) and k not in ("__dict__", "__weakref__")
     }
     replica.__class__ = type(cls.__name__, cls.__bases__, members)

@@ -126,7 +126,11 @@ def register_tie(module: nn.Module, name: str, tie: Tie, *, init: Init = "projec
     param.projection_error = error
     _log.info(
         "tied %s with %r: %d -> %d parameters, relative projection error %.3g",
-        where, tie, layout.numel, layout.n_free, error,
+        where,
+        tie,
+        layout.numel,
+        layout.n_free,
+        error,
     )
     return error
 
@@ -239,9 +243,7 @@ def tie_modules(
         except (ValueError, TypeError) as error:
             raise type(error)(f"tie_modules: module '{qualname}': {error}") from error
     _refuse_shared(model, [f"{q}.{name}" if q else name for q, _ in targets], "tie_modules")
-    return {
-        qualname: register_tie(module, name, tie, init=init) for qualname, module in targets
-    }
+    return {qualname: register_tie(module, name, tie, init=init) for qualname, module in targets}
 
 
 def relative_error(original: Tensor, projected: Tensor) -> float:

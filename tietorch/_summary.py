@@ -44,13 +44,26 @@ class TieSummary:
     def __str__(self) -> str:
         header = ("tensor", "shape", "tie", "entries", "free", "ratio")
         lines = [
-            (r.tensor, "x".join(map(str, r.shape)), r.tie, f"{r.entries:,}",
-             f"{r.free:,}" if r.owner is None else "shared",
-             _ratio(self._group_entries(r), r.free) if r.owner is None else "")
+            (
+                r.tensor,
+                "x".join(map(str, r.shape)),
+                r.tie,
+                f"{r.entries:,}",
+                f"{r.free:,}" if r.owner is None else "shared",
+                _ratio(self._group_entries(r), r.free) if r.owner is None else "",
+            )
             for r in self.rows
         ]
-        lines.append(("total", "", "", f"{self.entries:,}", f"{self.free:,}",
-                      _ratio(self.entries, self.free)))
+        lines.append(
+            (
+                "total",
+                "",
+                "",
+                f"{self.entries:,}",
+                f"{self.free:,}",
+                _ratio(self.entries, self.free),
+            )
+        )
         widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
         right = {3, 4, 5}
 
@@ -91,12 +104,14 @@ def summary(model: nn.Module) -> TieSummary:
     for qualname, _, name, param in tied:
         follows = param.follows
         owner = None if follows is None else names.get(id(follows), "outside this model")
-        rows.append(TieSummaryRow(
-            tensor=f"{qualname}.{name}" if qualname else name,
-            shape=param.shape,
-            tie=repr(param.tie) if owner is None else f"{param.tie!r} (owner {owner})",
-            entries=math.prod(param.shape),
-            free=param.n_free if owner is None else 0,  # a group's vector counts once
-            owner=owner,
-        ))
+        rows.append(
+            TieSummaryRow(
+                tensor=f"{qualname}.{name}" if qualname else name,
+                shape=param.shape,
+                tie=repr(param.tie) if owner is None else f"{param.tie!r} (owner {owner})",
+                entries=math.prod(param.shape),
+                free=param.n_free if owner is None else 0,  # a group's vector counts once
+                owner=owner,
+            )
+        )
     return TieSummary(tuple(rows), sum(p.numel() for p in model.parameters()))

@@ -228,9 +228,7 @@ class Tie:
         self.check_shape(shape)
         n = math.prod(shape)
         index, n_free, sign = solve(n, self._constraints(shape))
-        layout = TieLayout(
-            index.view(shape), n_free, None if sign is None else sign.view(shape)
-        )
+        layout = TieLayout(index.view(shape), n_free, None if sign is None else sign.view(shape))
         if len(cache) >= _LAYOUT_CACHE_SIZE:
             cache.pop(next(iter(cache)))
         cache[shape] = layout
@@ -241,9 +239,7 @@ class Tie:
         for name in ("key", "relations", "layout"):
             if getattr(type(self), name) is not getattr(Tie, name):
                 return name
-        raise TypeError(
-            f"{self!r}: a Tie subclass must override key(), relations() or layout()"
-        )
+        raise TypeError(f"{self!r}: a Tie subclass must override key(), relations() or layout()")
 
     def _constraints(self, shape: Shape) -> list[_KeyConstraint | _RelationConstraint]:
         """The declaration evaluated on ``shape``, as flat constraints for the solver."""
@@ -361,8 +357,7 @@ def _as_shape(shape: Sequence[int] | torch.Size) -> Shape:
 def _grids(shape: Shape) -> tuple[Tensor, ...]:
     ndim = len(shape)
     return tuple(
-        torch.arange(n).view([n if d == k else 1 for k in range(ndim)])
-        for d, n in enumerate(shape)
+        torch.arange(n).view([n if d == k else 1 for k in range(ndim)]) for d, n in enumerate(shape)
     )
 
 

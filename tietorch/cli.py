@@ -101,7 +101,7 @@ def parse_tie(text: str) -> Tie:
         message = getattr(error, "msg", None) or str(error) or type(error).__name__
         raise CLIError(
             f"cannot parse the tie expression {text!r} ({message}); expected e.g. "
-            "\"KernelSymmetry('D4')\", \"Symmetric() & Toeplitz()\" or MODULE:ATTR"
+            '"KernelSymmetry(\'D4\')", "Symmetric() & Toeplitz()" or MODULE:ATTR'
         ) from None
     return _build_tie(tree.body, builtin_ties())
 
@@ -175,10 +175,10 @@ def _signature(obj: Any) -> str:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):
         return "(...)"
-    parameters = [p.replace(annotation=inspect.Parameter.empty)
-                  for p in signature.parameters.values()]
-    return str(signature.replace(parameters=parameters,
-                                 return_annotation=inspect.Signature.empty))
+    parameters = [
+        p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()
+    ]
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
 
 
 def _is_import_spec(text: str) -> bool:
@@ -457,8 +457,9 @@ def _class_colors(n: int) -> Any:
     from matplotlib.colors import hsv_to_rgb
 
     k = np.arange(n)
-    hsv = np.stack([(k * 0.618033988749895) % 1.0, 0.45 + 0.4 * ((k * 0.3819) % 1.0),
-                    np.full(n, 0.92)], axis=1)
+    hsv = np.stack(
+        [(k * 0.618033988749895) % 1.0, 0.45 + 0.4 * ((k * 0.3819) % 1.0), np.full(n, 0.92)], axis=1
+    )
     return hsv_to_rgb(hsv) if n else np.zeros((0, 3))
 
 
@@ -473,16 +474,20 @@ def draw_png(tie: Tie, layout: TieLayout, path: Path) -> None:
     height, width = block_rows * (rows + 1) - 1, block_cols * (cols + 1) - 1
     image = np.ones((height, width, 3))  # gaps between blocks stay white
     index = layout.index.reshape(block_rows, block_cols, rows, cols).numpy()
-    sign = (np.ones(index.shape, dtype=np.int8) if layout.sign is None
-            else layout.sign.reshape(index.shape).numpy())
+    sign = (
+        np.ones(index.shape, dtype=np.int8)
+        if layout.sign is None
+        else layout.sign.reshape(index.shape).numpy()
+    )
     colors = _class_colors(layout.n_free)
     rgb = colors[index] if layout.n_free else np.zeros((*index.shape, 3))
     rgb = np.where((sign < 0)[..., None], rgb * 0.6, rgb)
     rgb = np.where((sign == 0)[..., None], 0.78, rgb)
     cells = _cells(layout, "0") if layout.numel <= PNG_LABEL_MAX_ENTRIES else None
     inch = 0.32 if cells else 0.08
-    fig = Figure(figsize=(min(max(width * inch + 1.5, 3.0), 30.0),
-                          min(max(height * inch + 1.2, 2.0), 30.0)))
+    fig = Figure(
+        figsize=(min(max(width * inch + 1.5, 3.0), 30.0), min(max(height * inch + 1.2, 2.0), 30.0))
+    )
     ax = fig.add_subplot()
     for br in range(block_rows):
         for bc in range(block_cols):
@@ -493,25 +498,41 @@ def draw_png(tie: Tie, layout: TieLayout, path: Path) -> None:
             for r in range(rows):
                 for c in range(cols):
                     flat = ((br * block_cols + bc) * rows + r) * cols + c
-                    ax.text(left + c, top + r, cells[flat], ha="center", va="center",
-                            fontsize=7, color="black" if sign[br, bc, r, c] >= 0 else "white")
+                    ax.text(
+                        left + c,
+                        top + r,
+                        cells[flat],
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if sign[br, bc, r, c] >= 0 else "white",
+                    )
     ax.imshow(image, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     down = (len(shape) - 2) // 2 if len(shape) > 2 else 0
     if len(shape) > 2 and block_cols > 1 and block_cols <= 32:
-        ax.set_xticks([bc * (cols + 1) + (cols - 1) / 2 for bc in range(block_cols)],
-                      [str(bc) for bc in range(block_cols)], fontsize=7)
+        ax.set_xticks(
+            [bc * (cols + 1) + (cols - 1) / 2 for bc in range(block_cols)],
+            [str(bc) for bc in range(block_cols)],
+            fontsize=7,
+        )
         ax.set_xlabel(_dims_label(down, len(shape) - 2))
     if down and block_rows > 1 and block_rows <= 32:
-        ax.set_yticks([br * (rows + 1) + (rows - 1) / 2 for br in range(block_rows)],
-                      [str(br) for br in range(block_rows)], fontsize=7)
+        ax.set_yticks(
+            [br * (rows + 1) + (rows - 1) / 2 for br in range(block_rows)],
+            [str(br) for br in range(block_rows)],
+            fontsize=7,
+        )
         ax.set_ylabel(_dims_label(0, down))
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"{tie!r}\nshape {_shape_text(shape)}: {layout.numel:,} entries, "
-                 f"{layout.n_free:,} free, {layout.n_zero:,} forced zero\n"
-                 "one colour per class; darker: sign -1; grey: forced zero", fontsize=8)
+    ax.set_title(
+        f"{tie!r}\nshape {_shape_text(shape)}: {layout.numel:,} entries, "
+        f"{layout.n_free:,} free, {layout.n_zero:,} forced zero\n"
+        "one colour per class; darker: sign -1; grey: forced zero",
+        fontsize=8,
+    )
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -562,13 +583,20 @@ def _what_check_tie_checks(tie: Tie, shapes: list[tuple[int, ...]] | None) -> st
 
     declares = tie._declares()
     if declares == "layout":
-        return ("well-formed layout, projection, gradients (it overrides only layout(): "
-                "no key or relations to check it against)")
-    declared = {"key": "declared key holds", "relations": "declared relations hold",
-                "all of": "declarations of all parts hold"}[declares]
+        return (
+            "well-formed layout, projection, gradients (it overrides only layout(): "
+            "no key or relations to check it against)"
+        )
+    declared = {
+        "key": "declared key holds",
+        "relations": "declared relations hold",
+        "all of": "declarations of all parts hold",
+    }[declares]
     if shapes is not None and all(math.prod(s) > RANK_CHECK_MAX_NUMEL for s in shapes):
-        rank = (f"not over-tied (checked against tietorch's solver: shapes > "
-                f"{RANK_CHECK_MAX_NUMEL} entries are too large for the dense rank)")
+        rank = (
+            f"not over-tied (checked against tietorch's solver: shapes > "
+            f"{RANK_CHECK_MAX_NUMEL} entries are too large for the dense rank)"
+        )
     else:
         rank = "minimal by dense rank"
     return f"well-formed layout, {declared}, {rank}, projection, gradients"
@@ -593,9 +621,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             try:
                 tie.check_shape(shape)
             except Exception as error:
-                raise CLIError(
-                    f"{tie!r} refuses shape {_shape_text(shape)}: {error}"
-                ) from None
+                raise CLIError(f"{tie!r} refuses shape {_shape_text(shape)}: {error}") from None
         where = "shapes " + ", ".join(_shape_text(s) for s in dict.fromkeys(shapes))
     else:
         try:
@@ -615,8 +641,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"FAIL {args.tie}: {tie!r} raised {type(error).__name__}: {error}{notes}")
         return 1
     elapsed = time.perf_counter() - start
-    print(f"OK {args.tie}: {tie!r} passed check_tie ({args.max_examples} examples on {where}; "
-          f"{_what_check_tie_checks(tie, shapes)}) in {elapsed:.1f} s")
+    print(
+        f"OK {args.tie}: {tie!r} passed check_tie ({args.max_examples} examples on {where}; "
+        f"{_what_check_tie_checks(tie, shapes)}) in {elapsed:.1f} s"
+    )
     return 0
 
 
@@ -652,7 +680,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 _TIE_HELP = (
     "a built-in tie expression (e.g. SymmetricFlip, \"KernelSymmetry('D4')\", "
-    "\"Symmetric() & Toeplitz()\") or MODULE:ATTR naming your own tie"
+    '"Symmetric() & Toeplitz()") or MODULE:ATTR naming your own tie'
 )
 
 _EPILOGS = {
@@ -736,49 +764,82 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument(
-        "--version", action="version",
+        "--version",
+        action="version",
         version=f"tietorch {tietorch.__version__} (torch {torch.__version__})",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=help_text, description=help_text, epilog=_EPILOGS[name],
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_EPILOGS[name],
             formatter_class=_Formatter,
         )
 
     demo = command(
         "demo", "Tie a small CNN, train it for a few seconds, check the ties, save and reload."
     )
-    demo.add_argument("--seconds", type=_seconds, default=5.0,
-                      help="training time in seconds (default: 5)")
+    demo.add_argument(
+        "--seconds", type=_seconds, default=5.0, help="training time in seconds (default: 5)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of data, model and batches")
-    demo.add_argument("--out", type=Path, default=None, metavar="DIR",
-                      help="keep the checkpoint in DIR (default: a temporary directory)")
-    demo.add_argument("--threads", type=_positive_int, default=1,
-                      help="torch threads (default: 1, fastest for this tiny model)")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the checkpoint in DIR (default: a temporary directory)",
+    )
+    demo.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="torch threads (default: 1, fastest for this tiny model)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     show = command(
-        "show", "Show a tie's layout on a shape: entries, free parameters, forced zeros, class "
-        "sizes and the index map."
+        "show",
+        "Show a tie's layout on a shape: entries, free parameters, forced zeros, class "
+        "sizes and the index map.",
     )
     show.add_argument("tie", metavar="TIE", help=_TIE_HELP)
-    show.add_argument("--shape", type=parse_shape, required=True,
-                      help="the tensor's shape, e.g. 4,4,3,3")
-    show.add_argument("--png", type=Path, default=None, metavar="FILE",
-                      help="also draw the class map to FILE (needs matplotlib)")
+    show.add_argument(
+        "--shape", type=parse_shape, required=True, help="the tensor's shape, e.g. 4,4,3,3"
+    )
+    show.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also draw the class map to FILE (needs matplotlib)",
+    )
     show.set_defaults(func=cmd_show)
 
     check = command("check", "Property-test a tie with tietorch.testing.check_tie.")
-    check.add_argument("tie", metavar="MODULE:ATTR",
-                       help="your tie (a Tie, a Tie subclass or a zero-argument function "
-                       "returning one); built-in expressions work too")
-    check.add_argument("--shape", type=parse_shape, action="append", default=None,
-                       help="a shape to check on (repeatable; default: small shapes the tie "
-                       "accepts)")
-    check.add_argument("--max-examples", type=_positive_int, default=100, metavar="N",
-                       help="Hypothesis examples to try (default: 100)")
+    check.add_argument(
+        "tie",
+        metavar="MODULE:ATTR",
+        help="your tie (a Tie, a Tie subclass or a zero-argument function "
+        "returning one); built-in expressions work too",
+    )
+    check.add_argument(
+        "--shape",
+        type=parse_shape,
+        action="append",
+        default=None,
+        help="a shape to check on (repeatable; default: small shapes the tie accepts)",
+    )
+    check.add_argument(
+        "--max-examples",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="Hypothesis examples to try (default: 100)",
+    )
     check.set_defaults(func=cmd_check)
 
     bench = command("bench", "Run the benchmarks (from a source checkout).")

@@ -87,8 +87,9 @@ def make_geometry(in_size, kernel, stride, padding, dilation) -> Geometry:
     pt, pb, pl, pr = padding
     ho = output_size(in_size[0], kernel[0], stride[0], pt, pb, dilation[0])
     wo = output_size(in_size[1], kernel[1], stride[1], pl, pr, dilation[1])
-    return Geometry(tuple(in_size), tuple(kernel), tuple(stride), tuple(padding),
-                    tuple(dilation), (ho, wo))
+    return Geometry(
+        tuple(in_size), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), (ho, wo)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def _to_hwcb(x: Tensor, g: Geometry) -> Tensor:
     if pt == pb == pl == pr == 0:
         return x.permute(2, 3, 1, 0).contiguous()
     xt = x.new_zeros(h + pt + pb, w + pl + pr, c, b)
-    xt[pt:pt + h, pl:pl + w] = x.permute(2, 3, 1, 0)
+    xt[pt : pt + h, pl : pl + w] = x.permute(2, 3, 1, 0)
     return xt
 
 
@@ -193,8 +194,14 @@ def workspace_bytes() -> int:
 SCRATCH_BUDGET = 4 << 20  # bytes of patches + GEMM output per chunk (see rows_for_budget)
 
 
-def rows_for_budget(g: Geometry, batch: int, k: int, out_channels: int, dtype: torch.dtype,
-                    budget: int | None = None) -> int:
+def rows_for_budget(
+    g: Geometry,
+    batch: int,
+    k: int,
+    out_channels: int,
+    dtype: torch.dtype,
+    budget: int | None = None,
+) -> int:
     """Output rows per chunk so that one chunk's patches and GEMM output fit in ``budget``
     bytes (default ``SCRATCH_BUDGET``); at least 1."""
     budget = SCRATCH_BUDGET if budget is None else budget
@@ -219,14 +226,16 @@ class _LocallyConnectedGemm(torch.autograd.Function):
     """``y = LC(x; W, bias)`` with location-batched GEMMs (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry,
-                rows: int | None) -> Tensor:
+    def forward(
+        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
+    ) -> Tensor:
         b, c = x.shape[:2]
         ho, wo = g.out_size
         oc = weight.shape[2]
         k = c * g.kernel[0] * g.kernel[1]
-        channels_last = (b > 1 and not x.is_contiguous()
-                         and x.is_contiguous(memory_format=torch.channels_last))
+        channels_last = (
+            b > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        )
         w = weight.reshape(ho * wo, oc, k)  # a view for the usual contiguous weight
         bias_l = None if bias is None else bias.reshape(ho * wo, 1, oc)
         xt = _to_hwcb(x, g)
@@ -235,13 +244,16 @@ class _LocallyConnectedGemm(torch.autograd.Function):
         pbuf = _scratch("patches", m * k * b, x)  # patches of one chunk
         obuf = _scratch("gemm", m * b * oc, x)  # GEMM output of one chunk
         # (B, L, O) staging tensor; with a channels-last input it *is* the output (fresh)
-        blo = (x.new_empty(b, ho * wo, oc) if channels_last
-               else _scratch("staging", b * ho * wo * oc, x).view(b, ho * wo, oc))
+        blo = (
+            x.new_empty(b, ho * wo, oc)
+            if channels_last
+            else _scratch("staging", b * ho * wo * oc, x).view(b, ho * wo, oc)
+        )
         for r0, r1 in chunks:
             loc = slice(r0 * wo, r1 * wo)
             n = (r1 - r0) * wo
-            pt = _gather(xt, g, r0, r1, pbuf[:n * k * b])
-            o = obuf[:n * b * oc].view(n, b, oc)
+            pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
+            o = obuf[: n * b * oc].view(n, b, oc)
             if bias_l is not None:
                 torch.baddbmm(bias_l[loc], pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
             else:
@@ -285,23 +297,23 @@ class _LocallyConnectedGemm(torch.autograd.Function):
         for r0, r1 in chunks:
             loc = slice(r0 * wo, r1 * wo)
             n = (r1 - r0) * wo
-            gl = gbuf[:n * b * oc].view(n, b, oc)
+            gl = gbuf[: n * b * oc].view(n, b, oc)
             # a strided read into a small contiguous buffer: faster than whole-tensor
             # layout changes, and no grad_out-sized temporary
             gl.view(r1 - r0, wo, b, oc).copy_(grad_out[:, :, r0:r1].permute(2, 3, 0, 1))
             if need_b:
                 torch.sum(gl, 1, out=gb[loc])
             if need_w:
-                pt = _gather(xt, g, r0, r1, pbuf[:n * k * b])
+                pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
                 torch.bmm(gl.transpose(1, 2), pt.transpose(1, 2), out=gw[loc])
             if need_x:
-                gpt = pbuf[:n * k * b].view(n, k, b)
+                gpt = pbuf[: n * k * b].view(n, k, b)
                 torch.bmm(w[loc].transpose(1, 2), gl.transpose(1, 2), out=gpt)
                 _scatter_add(gxt, gpt, g, r0, r1)
         del gbuf, pbuf
         grad_x = grad_w = grad_b = None
         if need_x:
-            gxt = gxt[pt_:pt_ + h, pl_:pl_ + w_in]
+            gxt = gxt[pt_ : pt_ + h, pl_ : pl_ + w_in]
             fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
             grad_x = gxt.permute(3, 2, 0, 1).contiguous(memory_format=fmt)
         if need_w:
@@ -316,8 +328,7 @@ class _LocallyConnectedGemm(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 
 
-def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None,
-                             g: Geometry) -> Tensor:
+def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry) -> Tensor:
     """Plain autograd (``F.unfold`` + ``einsum``): slower, twice differentiable, vmap-able."""
     b = x.shape[0]
     ho, wo = g.out_size
@@ -333,7 +344,8 @@ def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None,
     return y.reshape(b, oc, ho, wo)
 
 
-def locally_connected_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry,
-                           rows: int | None = None) -> Tensor:
+def locally_connected_gemm(
+    x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None = None
+) -> Tensor:
     """The custom-``Function`` implementation; ``rows``: output rows per chunk (None: all)."""
     return _LocallyConnectedGemm.apply(x, weight, bias, g, rows)

@@ -65,7 +65,8 @@ def _bias_tie(tie: Tie, weight_ndim: int) -> Tie | None:
     parts = getattr(tie, "ties", (tie,))
     shares = [
         TileShare(t.tile, dims=tuple(d % weight_ndim for d in t.dims))
-        for t in parts if isinstance(t, TileShare)
+        for t in parts
+        if isinstance(t, TileShare)
     ]
     if not shares:
         return None
@@ -162,8 +163,11 @@ class _LocallyConnectedNd(nn.Module):
             )
         else:  # 1-d: a 2-d layer of width 1, so its positions are rows (blocks can chunk them)
             self._geometry = _lc.make_geometry(
-                (self.input_size[0], 1), (self.kernel_size[0], 1), (self.stride[0], 1),
-                (*pads[0], 0, 0), (self.dilation[0], 1),
+                (self.input_size[0], 1),
+                (self.kernel_size[0], 1),
+                (self.stride[0], 1),
+                (*pads[0], 0, 0),
+                (self.dilation[0], 1),
             )
 
         factory = {"device": device, "dtype": dtype}
@@ -229,8 +233,11 @@ class _LocallyConnectedNd(nn.Module):
     def _plan(self, batch: int, dtype: torch.dtype) -> tuple[str, int | None]:
         if self.implementation == "unfold":
             return "unfold", None
-        if (self.implementation == "auto" and not _lc.is_compiling()
-                and torch._C._are_functorch_transforms_active()):
+        if (
+            self.implementation == "auto"
+            and not _lc.is_compiling()
+            and torch._C._are_functorch_transforms_active()
+        ):
             return "unfold", None  # vmap/grad/jvp: the custom Function has no rules for them
         g = self._geometry
         k = self.in_channels * math.prod(self.kernel_size)
@@ -282,11 +289,16 @@ class _LocallyConnectedNd(nn.Module):
         return y.squeeze(0) if unbatched else y
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"input_size={self.input_size}, stride={self.stride}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"input_size={self.input_size}, stride={self.stride}"
+        )
         if self.padding != (0,) * self._n:
-            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else \
-                f", padding={self.padding}"
+            s += (
+                f", padding={self.padding!r}"
+                if isinstance(self.padding, str)
+                else f", padding={self.padding}"
+            )
         if self.dilation != (1,) * self._n:
             s += f", dilation={self.dilation}"
         if self.bias is None:
@@ -356,10 +368,12 @@ class LocallyConnected2d(_LocallyConnectedNd):
     x_pad[b, c, i*sh + a*dh, j*sw + d*dw]``.
 """
         + _CLASS_DOC.format(
-            conv="Conv2d", layout="NCHW inputs (or an unbatched (C, H, W) one)",
-            size="(H, W)", budget=_lc.SCRATCH_BUDGET >> 20,
-            tie_examples='``TileShare(t)`` (a tiled convolution),\n            '
-                         '``KernelSymmetry("D4")`` (kernels invariant under rotations and flips)',
+            conv="Conv2d",
+            layout="NCHW inputs (or an unbatched (C, H, W) one)",
+            size="(H, W)",
+            budget=_lc.SCRATCH_BUDGET >> 20,
+            tie_examples="``TileShare(t)`` (a tiled convolution),\n            "
+            '``KernelSymmetry("D4")`` (kernels invariant under rotations and flips)',
             wshape="(H_out, W_out, out_channels, in_channels, kh, kw)",
             bshape="(H_out, W_out, out_channels)",
         )
@@ -389,11 +403,14 @@ class LocallyConnected1d(_LocallyConnectedNd):
     ``y[b, o, i] = bias[i, o] + sum_{c, a} weight[i, o, c, a] * x_pad[b, c, i*s + a*d]``.
 """
         + _CLASS_DOC.format(
-            conv="Conv1d", layout="NCL inputs (or an unbatched (C, L) one)",
-            size="L", budget=_lc.SCRATCH_BUDGET >> 20,
+            conv="Conv1d",
+            layout="NCL inputs (or an unbatched (C, L) one)",
+            size="L",
+            budget=_lc.SCRATCH_BUDGET >> 20,
             tie_examples="``TileShare(t, dims=0)`` (a tiled convolution;\n            "
-                         "the only location dim is dim 0)",
-            wshape="(L_out, out_channels, in_channels, k)", bshape="(L_out, out_channels)",
+            "the only location dim is dim 0)",
+            wshape="(L_out, out_channels, in_channels, k)",
+            bshape="(L_out, out_channels)",
         )
         + """
     Example:
@@ -409,8 +426,9 @@ class LocallyConnected1d(_LocallyConnectedNd):
     _conv_name = "Conv1d"
 
 
-def unshare(conv: nn.Conv1d | nn.Conv2d, input_size: int | Sequence[int], *,
-            implementation: str = "auto") -> LocallyConnected1d | LocallyConnected2d:
+def unshare(
+    conv: nn.Conv1d | nn.Conv2d, input_size: int | Sequence[int], *, implementation: str = "auto"
+) -> LocallyConnected1d | LocallyConnected2d:
     """The locally connected layer equal to ``conv`` on inputs of size ``input_size``.
 
     Stride, padding (including ``"same"``), dilation and bias are kept; the conv's kernel (and
@@ -440,10 +458,17 @@ def unshare(conv: nn.Conv1d | nn.Conv2d, input_size: int | Sequence[int], *,
         )
     weight = conv.weight.detach()
     layer = cls(
-        conv.in_channels, conv.out_channels, conv.kernel_size, input_size,
-        stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-        bias=conv.bias is not None, implementation=implementation,
-        device=weight.device, dtype=weight.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        input_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=conv.bias is not None,
+        implementation=implementation,
+        device=weight.device,
+        dtype=weight.dtype,
     )
     with torch.no_grad():
         layer.weight.copy_(weight.expand_as(layer.weight))

@@ -30,8 +30,7 @@ try:
     import hypothesis  # noqa: F401
 except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        'tietorch.testing needs Hypothesis, which is not installed: '
-        'pip install "tietorch[testing]"'
+        'tietorch.testing needs Hypothesis, which is not installed: pip install "tietorch[testing]"'
     ) from error
 
 from . import strategies

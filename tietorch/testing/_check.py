@@ -278,8 +278,10 @@ def _malformed(layout: object, shape: Shape) -> str | None:
             f"is too large or the index skips parameters"
         )
     sizes = layout.class_sizes
-    if not isinstance(sizes, Tensor) or sizes.shape != counts.shape or not torch.equal(
-        sizes.to(torch.long), counts
+    if (
+        not isinstance(sizes, Tensor)
+        or sizes.shape != counts.shape
+        or not torch.equal(sizes.to(torch.long), counts)
     ):
         return (
             "class_sizes does not match the index and sign (was index, sign or n_free changed "

@@ -201,8 +201,6 @@ def tensors_satisfying(
         >>> test_antisymmetric()
     """
     if isinstance(shape, SearchStrategy):
-        return shape.flatmap(
-            lambda s: tensors_satisfying(tie, s, dtype=dtype, elements=elements)
-        )
+        return shape.flatmap(lambda s: tensors_satisfying(tie, s, dtype=dtype, elements=elements))
     layout = tie.layout(_as_shape(shape))
     return thetas(layout, dtype=dtype, elements=elements).map(layout.materialize)

@@ -51,6 +51,4 @@ def resolve_dims(tie: Tie, dims: tuple[int, ...], shape: Shape) -> tuple[int, ..
 def require_equal_sizes(tie: Tie, dims: tuple[int, ...], shape: Shape, why: str) -> None:
     sizes = {shape[d] for d in dims}
     if len(sizes) > 1:
-        raise ValueError(
-            f"{tie!r} needs dims {dims} of equal size ({why}), got shape {shape}"
-        )
+        raise ValueError(f"{tie!r} needs dims {dims} of equal size ({why}), got shape {shape}")

@@ -44,8 +44,7 @@ class TileShare(Tie):
             tiles = (as_count(tile, "TileShare: tile"),) * len(self.dims)
         if len(tiles) != len(self.dims):
             raise ValueError(
-                f"TileShare: tile {tile!r} must be an int or give one period per dim of "
-                f"{self.dims}"
+                f"TileShare: tile {tile!r} must be an int or give one period per dim of {self.dims}"
             )
         self.tile = tiles
 
