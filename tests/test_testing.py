@@ -427,7 +427,9 @@ def test_shapes_errors_are_clear():
 def test_layout_errors_on_unrefused_shapes_are_reported():
     # no check_shape, relation (j, i): non-square shapes fail, and the message says what to do
     message = failure(tt.Tie.from_relation(lambda i, j: (j, i), name="transpose"), max_examples=20)
-    assert "raised ValueError" in message and "check_shape refuse it (or pass shapes=" in message
+    assert (
+        "raised DeclarationError" in message and "check_shape refuse it (or pass shapes=" in message
+    )
     check_tie(tt.Tie.from_relation(lambda i, j: (j, i)), shapes=[(1, 1), (3, 3)], max_examples=5)
 
 

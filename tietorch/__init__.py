@@ -7,12 +7,14 @@
 True
 """
 
+from . import errors
 from ._checkpoint import dense_state_dict, load_dense_state_dict
 from ._group import tie_model, tie_tensors
+from ._layout import TieLayout
 from ._parametrization import TieParametrization
 from ._register import bake, register_tie, remove_tie, tie_modules
 from ._summary import TieSummary, summary
-from ._tie import Tie, TieLayout
+from ._tie import AllOf, Tie
 from .layers import LocallyConnected1d, LocallyConnected2d, unshare
 from .ties import (
     Antisymmetric,
@@ -30,6 +32,7 @@ from .ties import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllOf",
     "Antisymmetric",
     "Circulant",
     "Hankel",
@@ -48,6 +51,7 @@ __all__ = [
     "Toeplitz",
     "bake",
     "dense_state_dict",
+    "errors",
     "load_dense_state_dict",
     "register_tie",
     "remove_tie",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.parametrize import ParametrizationList
 
+from ._layout import gather, relative_error
 from ._parametrization import TieParametrization
-from ._register import _tied_tensors, relative_error
-from ._tie import gather, signed_mean
+from ._register import _tied_tensors
+from ._torch_compat import original, parametrization_list
+from .errors import CheckpointError, TieTypeError
 
 __all__ = ["dense_state_dict", "load_dense_state_dict"]
 
@@ -73,46 +75,70 @@ def load_dense_state_dict(
     >>> list(errors), torch.allclose(tied.weight, (dense.weight + dense.weight.T) / 2)
     (['weight'], True)
     """
+    if not isinstance(model, nn.Module):
+        raise TieTypeError(
+            f"load_dense_state_dict: expected an nn.Module, got {type(model).__name__}"
+        )
+    if not isinstance(state_dict, Mapping):
+        raise TieTypeError(
+            f"load_dense_state_dict: expected a state dict (a mapping of names to tensors), got "
+            f"{type(state_dict).__name__}"
+        )
     converted = dict(state_dict)
     tied = _tied_tensors(model)
     free_keys = {
-        id(module.parametrizations[name]): _keys(qualname, name)[1]
+        id(parametrization_list(module, name)): _keys(qualname, name)[1]
         for qualname, module, name, param in tied
         if param.follows is None
     }
-    # Per free vector: signed sums and counts over every dense tensor that reads it.
-    totals: dict[int, list[Any]] = {}
+    # Per free vector: the dense tensors that read it, each at its offset of the layout.
+    parts: dict[int, tuple[ParametrizationList, TieParametrization, list[tuple[int, Tensor]]]] = {}
     loaded: list[tuple[str, Tensor, TieParametrization, int]] = []
     for qualname, module, name, param in tied:
         dense_key, _ = _keys(qualname, name)
         dense = converted.pop(dense_key, None)
         if dense is None:
             continue
+        if not isinstance(dense, Tensor):
+            raise TieTypeError(
+                f"load_dense_state_dict: '{dense_key}' (tied with {param.tie!r}, shape "
+                f"{param.shape}) is a {type(dense).__name__}; expected a torch.Tensor (convert "
+                "numpy arrays with torch.from_numpy)"
+            )
         if tuple(dense.shape) != param.shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"load_dense_state_dict: '{dense_key}' is tied with {param.tie!r} on shape "
                 f"{param.shape}, but the state dict holds shape {tuple(dense.shape)}"
             )
-        owner = param.follows if param.follows is not None else module.parametrizations[name]
-        dense = dense.to(param.inverse_counts)
-        ones = torch.ones_like(param.inverse_counts)
-        with torch.no_grad():
-            sums = signed_mean(dense, param.index, param.sign, ones)  # per-class signed sums
-        counts = param._cpu_counts.to(sums)
-        zeros = torch.zeros_like(sums)
-        entry = totals.setdefault(id(owner), [owner, zeros, zeros.clone()])
-        entry[1] += sums
-        entry[2] += counts
+        if dense.is_complex():
+            raise TieTypeError(
+                f"load_dense_state_dict: '{dense_key}' is {dense.dtype}; ties are real"
+            )
+        owner = param.follows if param.follows is not None else parametrization_list(module, name)
+        lead = owner[0]
+        assert isinstance(lead, TieParametrization)
+        # No cast to the model's dtype before averaging: the class means are accumulated in
+        # float64 from the checkpoint's own values, then cast once.
+        entry = parts.setdefault(id(owner), (owner, lead, []))
+        entry[2].append((param.offset, dense.detach().to(param.index.device)))
         loaded.append((dense_key, dense, param, id(owner)))
-    thetas = {}
-    for key, (owner, sums, counts) in totals.items():
+    thetas: dict[int, Tensor] = {}
+    for key, (owner, lead, members) in parts.items():
         if key not in free_keys:
-            raise ValueError(
+            raise CheckpointError(
                 "load_dense_state_dict: a tensor of this model reads the free vector of a module "
                 "outside it (a tie_tensors group); load into the model that holds the whole group"
             )
-        current = converted.get(free_keys[key], owner.original.detach()).to(sums)
-        thetas[key] = torch.where(counts > 0, sums / counts.clamp_min(1), current)
+        means, covered = lead.layout.project_parts(members)
+        current = converted.get(free_keys[key], original(owner).detach())
+        if not isinstance(current, Tensor) or tuple(current.shape) != (lead.n_free,):
+            raise CheckpointError(
+                f"load_dense_state_dict: '{free_keys[key]}' should be the free vector of "
+                f"{lead.tie!r} with {lead.n_free} entries, got "
+                f"{tuple(current.shape) if isinstance(current, Tensor) else type(current).__name__}"
+            )
+        theta = torch.where(covered, means, current.to(means))
+        thetas[key] = theta.to(original(owner).dtype)
         converted[free_keys[key]] = thetas[key]
     errors = {
         dense_key: relative_error(dense, gather(thetas[key], param.index, param.sign, param.shape))

@@ -15,20 +15,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from ._classes import _RelationConstraint, solve
-from ._parametrization import TieParametrization, _Followers, _install
-from ._register import (
-    Init,
-    _check_init,
-    _log,
-    _prepare,
-    _refuse_shared,
-    _tieable,
-    register_tie,
-    relative_error,
-)
-from ._tie import Tie, _evaluate_relations, _grids, gather, signed_mean
+from ._classes import _KeyConstraint, _RelationConstraint, solve
+from ._layout import Init, TieLayout, check_init
+from ._parametrization import GroupMembership, TieParametrization, _install
+from ._register import _log, _prepare, _refuse_shared, _tieable, register_tie
+from ._tie import Tie, _evaluate_relations, _grids, check_size
+from ._torch_compat import parametrization_list
+from .errors import DeclarationError, ShapeError, TargetError, TieTypeError, _context
 
 __all__ = ["tie_tensors", "tie_model"]
 
@@ -64,14 +59,14 @@ def _name(fn: Any) -> str:
 
 
 @dataclass
-class _Plan:
-    """A validated, solved group, ready to install."""
+class _SolvedGroup:
+    """A validated, solved group, ready to install: one layout over the members' concatenated
+    flat index space (member ``k`` at ``offsets[k]``) and its initial free vector."""
 
     members: list[tuple[nn.Module, str, str, Tensor]]  # module, name, label, tensor
     descriptions: list[GroupMember]
-    index: Tensor
-    sign: Tensor | None
-    n_free: int
+    offsets: list[int]
+    layout: TieLayout
     theta: Tensor
     error: float
 
@@ -79,13 +74,17 @@ class _Plan:
 def _resolve(item: TensorRef, model: nn.Module | None) -> tuple[nn.Module, str, str]:
     if isinstance(item, str):
         if model is None:
-            raise TypeError(f"tie_tensors: the qualified name {item!r} needs model=")
+            raise TieTypeError(f"tie_tensors: the qualified name {item!r} needs model=")
         module_name, _, name = item.rpartition(".")
         try:
             module = model.get_submodule(module_name) if module_name else model
         except AttributeError:
-            raise ValueError(f"tie_tensors: the model has no module {module_name!r}") from None
+            raise TargetError(f"tie_tensors: the model has no module {module_name!r}") from None
         return module, name, item
+    if not (isinstance(item, tuple) and len(item) == 2):
+        raise TieTypeError(
+            f"tie_tensors: each tensor is a (module, name) pair or a qualified name, got {item!r}"
+        )
     module, name = item
     return module, name, f"{type(module).__name__}.{name}"
 
@@ -93,7 +92,7 @@ def _resolve(item: TensorRef, model: nn.Module | None) -> tuple[nn.Module, str, 
 def _per_follower(value: Any, followers: int, what: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
         if len(value) != followers:
-            raise ValueError(
+            raise DeclarationError(
                 f"tie_tensors: {what} lists {len(value)} entries for {followers} tensors after "
                 "the first"
             )
@@ -101,28 +100,28 @@ def _per_follower(value: Any, followers: int, what: str) -> list[Any]:
     return [value] * followers
 
 
-def _plan(
+def _solve_group(
     tensors: Sequence[TensorRef],
     relation: Relation | Sequence[Relation | None] | None,
     sign: int | Callable[..., Any] | Sequence[int | Callable[..., Any]],
     ties: Sequence[Tie | None] | None,
     model: nn.Module | None,
     init: Init = "project",
-) -> _Plan:
+) -> _SolvedGroup:
     """Validate and solve a group without touching any module."""
     resolved = [_resolve(item, model) for item in tensors]
     labels = [label for _, _, label in resolved]
     where = f"tie_tensors({', '.join(labels)})"
     if len(resolved) < 2:
-        raise ValueError(f"{where}: a group needs at least two tensors")
+        raise DeclarationError(f"{where}: a group needs at least two tensors")
     seen = {(id(module), name) for module, name, _ in resolved}
     if len(seen) != len(resolved):
-        raise ValueError(f"{where}: the same tensor is listed twice")
+        raise TargetError(f"{where}: the same tensor is listed twice")
     members = []
     for module, name, label in resolved:
         members.append((module, name, label, _tieable(module, name, where)))
     if len({id(tensor) for *_, tensor in members}) != len(members):
-        raise ValueError(
+        raise TargetError(
             f"{where}: some of these names hold one and the same tensor object; give each "
             "module its own nn.Parameter first (the group then keeps them equal)"
         )
@@ -131,7 +130,7 @@ def _plan(
     lead = members[0][3]
     for _, _, label, tensor in members[1:]:
         if (tensor.dtype, tensor.device) != (lead.dtype, lead.device):
-            raise ValueError(
+            raise TargetError(
                 f"{where}: {label} is {tensor.dtype} on {tensor.device}, but {labels[0]} is "
                 f"{lead.dtype} on {lead.device}; one free vector needs one dtype and device"
             )
@@ -140,7 +139,9 @@ def _plan(
     signs = _per_follower(sign, followers, "sign")
     ties = [None] * len(members) if ties is None else list(ties)
     if len(ties) != len(members):
-        raise ValueError(f"{where}: ties lists {len(ties)} entries for {len(members)} tensors")
+        raise DeclarationError(
+            f"{where}: ties lists {len(ties)} entries for {len(members)} tensors"
+        )
 
     shapes = [tuple(tensor.shape) for *_, tensor in members]
     offsets = [0]
@@ -150,19 +151,20 @@ def _plan(
         GroupMember(k + 1, len(members), ties[k + 1], relations[k], signs[k])
         for k in range(followers)
     ]
-    constraints = []
-    try:
+    constraints: list[_KeyConstraint | _RelationConstraint] = []
+    with _context(where):
+        check_size(descriptions[0], (offsets[-1],))
         for k, tie in enumerate(ties):
             if tie is None:
                 continue
             if not isinstance(tie, Tie):
-                raise TypeError(f"ties[{k}] must be a tietorch.Tie or None, got {tie!r}")
+                raise TieTypeError(f"ties[{k}] must be a tietorch.Tie or None, got {tie!r}")
             tie.check_shape(shapes[k])
             constraints += [c.shifted(offsets[k]) for c in tie._constraints(shapes[k])]
         for k in range(1, len(members)):
             fn, s = relations[k - 1], signs[k - 1]
             if fn is None and shapes[k] != shapes[0]:
-                raise ValueError(
+                raise ShapeError(
                     f"{labels[k]} has shape {shapes[k]} and {labels[0]} has {shapes[0]}: "
                     "tensors of different shapes need a relation"
                 )
@@ -170,59 +172,52 @@ def _plan(
             image = grids if fn is None else fn(*grids)
             sign_value = s(*grids) if callable(s) else s
             for c in _evaluate_relations(descriptions[k], image, sign_value, shapes[k], shapes[0]):
+                assert isinstance(c, _RelationConstraint)
                 constraints.append(_RelationConstraint(c.target + offsets[0], c.sign, offsets[k]))
-    except (ValueError, TypeError) as error:
-        raise type(error)(f"{where}: {error}") from error
 
     index, n_free, sign_flat = solve(offsets[-1], constraints)
-    with torch.no_grad():
-        flat = torch.cat([tensor.detach().reshape(-1) for *_, tensor in members])
-        live = index if sign_flat is None else index[sign_flat != 0]
-        counts = torch.bincount(live.to(flat.device), minlength=n_free).to(flat.dtype)
-        sign_float = None if sign_flat is None else sign_flat.to(flat)
-        theta = signed_mean(flat, index.to(flat.device), sign_float, 1 / counts.clamp_min(1))
-        error = relative_error(flat, gather(theta, index.to(flat.device), sign_float, flat.shape))
-        if init == "preserve_std":
-            theta = theta * counts.clamp_min(1).sqrt()
-    return _Plan(members, descriptions, index, sign_flat, n_free, theta, error)
+    layout = TieLayout(index, n_free, sign_flat)
+    flat = torch.cat([tensor.detach().reshape(-1) for *_, tensor in members])
+    theta, error = layout.initial_theta(flat, init)
+    return _SolvedGroup(members, descriptions, offsets, layout, theta, error)
 
 
-def _apply(plan: _Plan) -> None:
-    offset = 0
+def _install_group(group: _SolvedGroup) -> None:
     owner_param: TieParametrization | None = None
-    owner_list: nn.Module | None = None
-    for (module, name, _, tensor), description in zip(plan.members, plan.descriptions):
-        size = tensor.numel()
-        index = plan.index[offset : offset + size].view(tensor.shape)
-        sign = None if plan.sign is None else plan.sign[offset : offset + size].view(tensor.shape)
-        offset += size
-        param = TieParametrization(description, index, sign, plan.n_free, tensor)
+    owner_list: parametrize.ParametrizationList | None = None
+    for k, ((module, name, _, tensor), description) in enumerate(
+        zip(group.members, group.descriptions)
+    ):
+        shape = tuple(tensor.shape)
+        param = TieParametrization(description, group.layout, tensor, group.offsets[k], shape)
         if owner_list is None:
-            _install(module, name, param, plan.theta)
-            owner_param, owner_list = param, module.parametrizations[name]
-            param.__dict__.update(_owner=owner_list, _is_owner=True, _followers=_Followers())
-            param.projection_error = plan.error
+            _install(module, name, param, group.theta)
+            owner_param, owner_list = param, parametrization_list(module, name)
+            param.group = GroupMembership(owner_list, is_owner=True)
+            param.projection_error = group.error
             continue
-        assert owner_param is not None
-        param.__dict__.update(
-            _owner=owner_list,
-            _requires_grad=tensor.requires_grad,
-            _was_buffer=name in module._buffers,
+        assert owner_param is not None and owner_param.group is not None
+        param.group = GroupMembership(
+            owner_list,
+            is_owner=False,
+            requires_grad=tensor.requires_grad,
+            was_buffer=name in module._buffers,
         )
         _install(module, name, param, tensor.new_zeros(0))
-        plist = module.parametrizations[name]
+        plist = parametrization_list(module, name)
         # The placeholder is no parameter and no state: a non-persistent buffer.
         held = plist._parameters if "original" in plist._parameters else plist._buffers
-        placeholder = held.pop("original").detach()
-        plist.register_buffer("original", placeholder, persistent=False)
-        owner_param.__dict__["_followers"].add(param)
-    labels = ", ".join(label for _, _, label, _ in plan.members)
+        placeholder = held.pop("original")
+        assert placeholder is not None
+        plist.register_buffer("original", placeholder.detach(), persistent=False)
+        owner_param.group.followers.add(param)
+    labels = ", ".join(label for _, _, label, _ in group.members)
     _log.info(
         "tied %s together: %d -> %d parameters, relative projection error %.3g",
         labels,
-        plan.index.numel(),
-        plan.n_free,
-        plan.error,
+        group.layout.numel,
+        group.layout.n_free,
+        group.error,
     )
 
 
@@ -263,10 +258,10 @@ def tie_tensors(
         >>> sum(p.numel() for m in (enc, dec) for p in m.parameters())  # 24 + 3 + 8
         35
     """
-    _check_init(init)
-    plan = _plan(tensors, relation, sign, ties, model, init)
-    _apply(plan)
-    return plan.error
+    check_init(init)
+    group = _solve_group(tensors, relation, sign, ties, model, init)
+    _install_group(group)
+    return group.error
 
 
 def tie_model(
@@ -296,17 +291,17 @@ def tie_model(
         >>> torch.equal(lm["head"].weight, lm["embed"].weight)
         True
     """
-    _check_init(init)
+    check_init(init)
     within: dict[str, Tie] = {}
     groups: list[tuple[tuple[str, ...], Relation | None]] = []
     for key, value in spec.items():
         if isinstance(key, str):
             if not isinstance(value, Tie):
-                raise TypeError(f"tie_model: {key!r} maps to {value!r}; expected a tietorch.Tie")
+                raise TieTypeError(f"tie_model: {key!r} maps to {value!r}; expected a tietorch.Tie")
             within[key] = value
         else:
             if isinstance(value, Tie):
-                raise TypeError(
+                raise TieTypeError(
                     f"tie_model: the group {key!r} maps to a Tie; a group takes a relation "
                     "(a function of the index grids) or None"
                 )
@@ -314,11 +309,13 @@ def tie_model(
     grouped = [name for names, _ in groups for name in names]
     repeated = sorted({n for n in grouped if grouped.count(n) > 1})
     if repeated:
-        raise ValueError(f"tie_model: {repeated} appear in more than one group; merge the groups")
+        raise DeclarationError(
+            f"tie_model: {repeated} appear in more than one group; merge the groups"
+        )
 
     _refuse_shared(model, [*grouped, *within], "tie_model")
-    plans = [
-        _plan(names, relation, 1, [within.get(n) for n in names], model, init)
+    solved = [
+        _solve_group(names, relation, 1, [within.get(n) for n in names], model, init)
         for names, relation in groups
     ]
     singles = []
@@ -326,16 +323,14 @@ def tie_model(
         if name in grouped:
             continue
         module, tensor_name, _ = _resolve(name, model)
-        try:
+        with _context(f"tie_model: {name!r}"):
             _prepare(module, tensor_name, tie)
-        except (ValueError, TypeError) as error:
-            raise type(error)(f"tie_model: {name!r}: {error}") from error
         singles.append((name, module, tensor_name, tie))
 
     errors: dict[str, float] = {}
-    for (names, _), plan in zip(groups, plans):
-        _apply(plan)
-        errors[names[0]] = plan.error
+    for (names, _), group in zip(groups, solved):
+        _install_group(group)
+        errors[names[0]] = group.error
     for name, module, tensor_name, tie in singles:
         errors[name] = register_tie(module, tensor_name, tie, init=init)
     return errors

@@ -1,10 +1,11 @@
-"""The parametrization a tie installs, and what parametrize's generated class gets from us."""
+"""The parametrization a tie installs: ``theta -> theta[index] * sign`` on one tensor."""
 
 from __future__ import annotations
 
 import copy
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakSet
 
@@ -12,17 +13,24 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._tie import gather, signed_mean
-
-try:  # FSDP2 shards parameters as DTensors; a tie cannot gather from a shard
-    from torch.distributed.tensor import DTensor as _DTensor
-except ImportError:  # pragma: no cover - builds without torch.distributed
-    _DTensor = ()  # type: ignore[assignment,misc]
+from ._layout import Shape, TieLayout, gather, signed_class_means
+from ._torch_compat import (
+    DTensor,
+    _rebuild_parametrized,  # noqa: F401  (pickles written by tietorch 0.1 name it here)
+    add_pickle_check,
+    original,
+    original_class,
+    own_class_behaviour,
+    parametrization_list,
+    parametrization_lists,
+    register_load_pre_hook,
+)
+from .errors import ShapeError, TieTypeError
 
 __all__ = ["TieParametrization"]
 
 
-class _Followers(WeakSet):
+class _Followers(WeakSet["TieParametrization"]):
     """The members that read a group owner's free vector (weakly held: a member that is gone
     does not keep the owner from being untied). Pickled as a plain list."""
 
@@ -30,72 +38,104 @@ class _Followers(WeakSet):
         return _Followers, (list(self),)
 
 
+@dataclass(eq=False)
+class GroupMembership:
+    """How a tensor takes part in a group of tensors tied together (:func:`tie_tensors`).
+
+    ``owner`` is the ParametrizationList holding the group's free vector (the owner's own list
+    for the owner). It is held here, not as a submodule, so it is not registered twice.
+    """
+
+    owner: parametrize.ParametrizationList
+    is_owner: bool
+    followers: _Followers = field(default_factory=_Followers)  # the owner's only
+    requires_grad: bool = True  # a follower's, restored when it is untied
+    was_buffer: bool = False  # a follower that was a buffer before it joined
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GroupMembership:
+        # A copy of the owner alone has no followers (so it can be untied); copied followers
+        # add themselves. Copies never point back at the originals.
+        return GroupMembership(
+            copy.deepcopy(self.owner, memo),
+            self.is_owner,
+            _Followers(),
+            self.requires_grad,
+            self.was_buffer,
+        )
+
+
 class TieParametrization(nn.Module):
     """The parametrization ``theta -> theta[index] * sign`` that :func:`register_tie` installs.
 
-    ``index``, ``sign`` and ``inverse_counts`` are constants derived from the tie, so they are
-    plain tensor attributes, not buffers: they follow ``.to(device/dtype)`` (``_apply``), yet stay
-    out of checkpoints and out of DDP's per-step buffer broadcast. They are always rebuilt from
-    CPU copies, so ``to_empty()`` after meta-device init cannot garble them.
+    Built from a :class:`TieLayout` (on the CPU; for a group, the one layout of the whole group,
+    with this tensor at ``offset`` of its index space). The device copies of ``index`` and
+    ``sign`` are plain tensor attributes, not buffers: they follow ``.to(device/dtype)``
+    (``_apply``), yet stay out of checkpoints and out of DDP's per-step buffer broadcast. They are
+    always rebuilt from the layout, so ``to_empty()`` after meta-device init cannot garble them.
 
-    In a group of tensors tied together (:func:`tie_tensors`), every member reads the one free
-    vector of the group's *owner*; the others keep an empty placeholder as ``original``.
+    In a group, every member reads the one free vector of the group's *owner*
+    (``group.original(owner)``); the others keep an empty placeholder as ``original``.
     """
 
     index: Tensor
     sign: Tensor | None
-    inverse_counts: Tensor
+    tie: Any
+    layout: TieLayout
+    offset: int
+    shape: Shape
+    n_free: int
+    projection_error: float
+    group: GroupMembership | None
+    _dtype: torch.dtype
+    _registration_value: Tensor | None
 
     def __init__(
-        self,
-        tie: Any,
-        index: Tensor,
-        sign: Tensor | None,
-        n_free: int,
-        like: Tensor,
+        self, tie: Any, layout: TieLayout, like: Tensor, offset: int = 0, shape: Shape | None = None
     ) -> None:
         super().__init__()
         self.tie = tie
-        self.shape = tuple(index.shape)
-        self.n_free = n_free
+        self.layout = layout
+        self.offset = offset
+        self.shape = layout.shape if shape is None else shape
+        self.n_free = layout.n_free
         self.projection_error = 0.0
-        self._cpu_index = index.reshape(-1)
-        self._cpu_sign = None if sign is None else sign.reshape(-1)
-        live = self._cpu_index if sign is None else self._cpu_index[self._cpu_sign != 0]
-        self._cpu_counts = torch.bincount(live, minlength=n_free)
+        self.group = None
+        index, sign = layout.part(offset, self.shape)
+        live = index if sign is None else index[sign != 0]
         # Whether every class has an entry here, so assigning this tensor sets all of theta.
-        self._covers_all = bool((self._cpu_counts > 0).all())
-        self._initial: Tensor | None = None  # a group's initial theta, used once at registration
+        self._covers_all = bool((torch.bincount(live, minlength=self.n_free) > 0).all())
+        # The free vector (or a member's placeholder) that registration installs: parametrize
+        # takes it from right_inverse, which returns it once.
+        self._registration_value = None
         self._place(like.device, like.dtype)
 
     @property
-    def owner(self) -> nn.Module | None:
+    def owner(self) -> parametrize.ParametrizationList | None:
         """The ParametrizationList holding the free vector (None: this tensor's own)."""
-        return self.__dict__.get("_owner")
+        return None if self.group is None else self.group.owner
 
     @property
-    def follows(self) -> nn.Module | None:
+    def follows(self) -> parametrize.ParametrizationList | None:
         """For a group member that reads another tensor's free vector: that ParametrizationList."""
-        return None if self.__dict__.get("_is_owner", False) else self.owner
+        return None if self.group is None or self.group.is_owner else self.group.owner
 
     def _place(self, device: torch.device, dtype: torch.dtype) -> None:
-        self.index = self._cpu_index.to(device)
-        sign = self._cpu_sign
+        index, sign = self.layout.part(self.offset, self.shape)
+        self.index = index.to(device)
         self.sign = None if sign is None else sign.view(self.shape).to(device, dtype)
-        # Floating, so it tracks the module's dtype; right_inverse must return that dtype.
-        self.inverse_counts = 1.0 / self._cpu_counts.to(device, dtype).clamp_min(1)
+        self._dtype = dtype  # right_inverse must return the module's dtype
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         # Learn where `fn` sends a floating tensor of ours (device, and dtype for .half() etc.).
-        probe = fn(torch.empty(0, device=self.index.device, dtype=self.inverse_counts.dtype))
+        probe = fn(torch.empty(0, device=self.index.device, dtype=self._dtype))
         self._place(probe.device, probe.dtype)
         return super()._apply(fn, recurse)
 
     def forward(self, theta: Tensor) -> Tensor:
         owner = self.owner
         if owner is not None:
-            theta = owner.original
-        if isinstance(theta, _DTensor):
+            theta = original(owner)
+        if isinstance(theta, DTensor):
             raise RuntimeError(
                 f"{self.tie!r}: the free vector is still sharded by FSDP here. Read tied "
                 "weights inside forward or after module.unshard(), and keep every tensor of a "
@@ -104,40 +144,43 @@ class TieParametrization(nn.Module):
         return gather(theta, self.index, self.sign, self.shape)
 
     def right_inverse(self, weight: Tensor) -> Tensor:
+        if not isinstance(weight, Tensor):
+            raise TieTypeError(
+                f"{self.tie!r}: cannot assign a {type(weight).__name__} to a tied tensor"
+            )
         if tuple(weight.shape) != self.shape:
-            raise ValueError(
+            raise ShapeError(
                 f"{self.tie!r}: cannot assign a tensor of shape {tuple(weight.shape)} to a tied "
                 f"tensor of shape {self.shape}"
             )
-        if self._initial is not None:  # registration of a group member
-            initial, self._initial = self._initial, None
-            return initial
-        weight = weight.to(self.inverse_counts.device, self.inverse_counts.dtype)
-        theta = signed_mean(weight, self.index, self.sign, self.inverse_counts)
+        if self._registration_value is not None:
+            value, self._registration_value = self._registration_value, None
+            return value
+        # Averaged in float64 from the assigned tensor's own dtype, cast once.
+        theta, covered = signed_class_means(
+            self.index, self.sign, weight.detach().to(self.index.device), self.n_free
+        )
         owner = self.owner
         if owner is None:
-            return theta
+            return theta.to(self._dtype)
         if not self._covers_all:  # classes without an entry here keep their value
-            covered = self._cpu_counts.to(theta.device) > 0
-            theta = torch.where(covered, theta, owner.original.detach())
-        if self.__dict__.get("_is_owner", False):
+            current = original(owner).detach().to(theta)
+            theta = torch.where(covered, theta, current)
+        theta = theta.to(self._dtype)
+        if self.group is not None and self.group.is_owner:
             return theta
-        owner.original.copy_(theta)
+        original(owner).copy_(theta)
         return theta.new_zeros(0)  # a member's own placeholder
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TieParametrization:
-        # A group owner's set of followers is rebuilt by the followers that are copied with it:
-        # a copy of the owner alone has none (and can be untied), and copies never point back
-        # at the originals.
         replica = type(self).__new__(type(self))
         memo[id(self)] = replica
-        state = {k: v for k, v in self.__dict__.items() if k != "_followers"}
-        replica.__dict__.update(copy.deepcopy(state, memo))
-        if "_followers" in self.__dict__:
-            replica.__dict__["_followers"] = _Followers()
+        replica.__dict__.update(copy.deepcopy(self.__dict__, memo))
         follows = replica.follows
         if follows is not None:
-            follows[0].__dict__["_followers"].add(replica)
+            lead = follows[0]
+            assert isinstance(lead, TieParametrization) and lead.group is not None
+            lead.group.followers.add(replica)
         return replica
 
     def extra_repr(self) -> str:
@@ -146,14 +189,13 @@ class TieParametrization(nn.Module):
 
 def _label(module: nn.Module, name: str) -> str:
     """``Linear.weight``: the module's own class name, not parametrize's generated one."""
-    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
-    return f"{cls.__name__}.{name}"
+    return f"{original_class(module).__name__}.{name}"
 
 
 def _tie_of(module: nn.Module, name: str) -> TieParametrization | None:
     if not parametrize.is_parametrized(module, name):
         return None
-    first = module.parametrizations[name][0]
+    first = parametrization_list(module, name)[0]
     return first if isinstance(first, TieParametrization) else None
 
 
@@ -161,7 +203,7 @@ def _check_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str
     """load_state_dict pre-hook (registered once per module): explain the common mistakes."""
     if not parametrize.is_parametrized(module):
         return
-    for name in module.parametrizations:
+    for name in parametrization_lists(module):
         param = _tie_of(module, name)
         if param is None:
             continue
@@ -182,81 +224,39 @@ def _check_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str
             )
 
 
-def _install(module: nn.Module, name: str, param: TieParametrization, initial: Tensor) -> None:
-    """Register ``param`` on ``module.<name>`` with the free vector (or placeholder) ``initial``.
+def _install(module: nn.Module, name: str, param: TieParametrization, value: Tensor) -> None:
+    """Register ``param`` on ``module.<name>`` with the free vector (or placeholder) ``value``.
 
     Callers have validated everything first, so this does not fail half-way.
     """
-    param._initial = initial
+    param._registration_value = value
     old = getattr(module, name)
     if old.grad is not None:  # a gradient of the full tensor means nothing for the free vector
         old.grad = None
     parametrize.register_parametrization(module, name, param)
     if not module.__dict__.get("_tietorch_hooked", False):
-        # with_module: the hook gets the module as an argument and follows deepcopies.
-        module._register_load_state_dict_pre_hook(_check_state_dict, with_module=True)
-        module._tietorch_hooked = True
-    _own_class_behaviour(module)
+        register_load_pre_hook(module, _check_state_dict)
+        module.__dict__["_tietorch_hooked"] = True  # one hook per module, even if re-tied
+    own_class_behaviour(module)
 
 
-def _own_class_behaviour(module: nn.Module) -> None:
-    """Give parametrize's generated class a correct deepcopy and a working pickle.
-
-    Plain parametrize shares the generated class, and properties whose closures point at the
-    original module, between a module and its deepcopy: under ``parametrize.cached()`` the copy
-    returns the original's weight, and removing a parametrization from the copy deletes the
-    property the original still needs. It also refuses to pickle (``torch.save(model)``).
-    """
-    cls = type(module)
-    if cls.__dict__.get("_tietorch_class", False):
-        return
-    cls._tietorch_class = True
-    cls.__deepcopy__ = _deepcopy_parametrized
-    cls.__reduce_ex__ = _reduce_parametrized
-
-
-def _deepcopy_parametrized(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
-    cls = type(self)
-    replica = cls.__new__(cls)
-    memo[id(self)] = replica
-    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
-    # A class of its own, with properties bound to the replica (parametrize's own injector).
-    members = {
-        k: v
-        for k, v in cls.__dict__.items()
-        if not isinstance(v, property) and k not in ("__dict__", "__weakref__")
-    }
-    replica.__class__ = type(cls.__name__, cls.__bases__, members)
-    for name in replica.parametrizations:
-        parametrize._inject_property(replica, name)
-    return replica
-
-
-def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple[Any, ...]:
-    # Pickle as the plain class plus the parametrized tensors' names; unpickling rebuilds the
-    # generated class. Ties are checked first so a lambda gives a clear message.
-    for name in self.parametrizations:
-        for first in self.parametrizations[name]:
+def _check_picklable(module: nn.Module) -> None:
+    """Before pickling a tied module: its ties (and a group owner's followers') must pickle,
+    checked first so a lambda gives a clear message."""
+    for name in parametrization_lists(module):
+        for first in parametrization_list(module, name):
             if not isinstance(first, TieParametrization):
                 continue
-            # A group's owner pickles its followers too.
-            for param in [first, *first.__dict__.get("_followers", [])]:
+            followers = [] if first.group is None else list(first.group.followers)
+            for param in [first, *followers]:
                 try:
                     pickle.dumps(param.tie)
                 except Exception as error:
-                    raise TypeError(
-                        f"cannot pickle {type(self).__name__}.{name}: the tie {param.tie!r} is "
+                    raise TieTypeError(
+                        f"cannot pickle {type(module).__name__}.{name}: the tie {param.tie!r} is "
                         f"not picklable ({error}); declare it with a module-level function or "
                         "class, or save model.state_dict() and rebuild the model in code"
                     ) from None
-    base = type(self).__bases__[0]
-    return _rebuild_parametrized, (base, tuple(self.parametrizations)), dict(self.__dict__)
 
 
-def _rebuild_parametrized(base: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
-    module = base.__new__(base)
-    parametrize._inject_new_class(module)
-    _own_class_behaviour(module)
-    for name in names:
-        parametrize._inject_property(module, name)
-    return module
+add_pickle_check(_check_picklable)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from ._tie import AllOf, Tie, TieLayout, _grids
+from ._tie import AllOf, Tie, TieLayout, _grids, key_parts, relation_list
 
 __all__: list[str] = []
 
@@ -27,8 +27,7 @@ def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
     idx = _grids(shape)
     rows: list[np.ndarray] = []
     if declares == "key":
-        key = tie.key(*idx)
-        parts = key if isinstance(key, tuple) else (key,)
+        parts = key_parts(tie, tie.key(*idx))
         columns = [
             torch.broadcast_to(torch.as_tensor(p), shape).reshape(-1).tolist() for p in parts
         ]
@@ -42,11 +41,7 @@ def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
         return rows
     if declares == "layout":  # a tie declared only by its layout: nothing independent to check
         raise TypeError(f"{tie!r} declares no key or relations, only a layout")
-    relations = tie.relations(*idx)
-    relations = [relations] if isinstance(relations, tuple) else relations
-    signs = tie.sign(*idx)
-    signs = signs if isinstance(signs, list) else [signs] * len(relations)
-    for relation, sign in zip(relations, signs):
+    for relation, sign in relation_list(tie, tie.relations(*idx), tie.sign(*idx)):
         targets = [
             np.broadcast_to(np.asarray(torch.as_tensor(t)), shape).reshape(-1) for t in relation
         ]

@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._layout import Init, TieLayout, check_init
 from ._parametrization import TieParametrization, _install, _label, _tie_of
-from ._tie import Tie, TieLayout
+from ._tie import Tie, solved_layout
+from ._torch_compat import parametrization_list, parametrization_lists
+from .errors import TargetError, TieTypeError, _context
 
 __all__ = ["register_tie", "remove_tie", "bake", "tie_modules"]
 
 _log = logging.getLogger("tietorch")
-Init = Literal["project", "preserve_std"]
+
+# Buffers their module overwrites in place during training: tying one would freeze it (the
+# module writes into a temporary rebuilt from the free vector). The rule for other modules: a
+# tensor a module assigns or updates in place in forward() cannot be tied.
+_UPDATED_IN_PLACE = (
+    (nn.modules.batchnorm._NormBase, ("running_mean", "running_var", "num_batches_tracked")),
+)
+_LOW_PRECISION_UNSUPPORTED = tuple(
+    getattr(torch, name)
+    for name in (
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    )
+    if hasattr(torch, name)
+)
 
 
 def _refuse_shared(model: nn.Module, names: list[str], where: str) -> None:
@@ -27,56 +46,75 @@ def _refuse_shared(model: nn.Module, names: list[str], where: str) -> None:
     with ``tie_tensors`` after giving each its own Parameter.
     """
     holders: dict[int, list[str]] = {}
-    for qualname, tensor in model.named_parameters(remove_duplicate=False):
-        holders.setdefault(id(tensor), []).append(qualname)
-    for qualname, tensor in model.named_buffers(remove_duplicate=False):
-        holders.setdefault(id(tensor), []).append(qualname)
+    for qualname, held in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        holders.setdefault(id(held), []).append(qualname)
     for group in holders.values():
         if len(group) > 1 and any(n in names for n in group):
-            raise ValueError(
+            raise TargetError(
                 f"{where}: {' and '.join(group)} are one tensor object shared by several "
                 "modules; give each its own nn.Parameter and tie them with "
                 "tie_tensors([...]) instead"
             )
 
 
-def _check_init(init: str) -> None:
-    if init not in ("project", "preserve_std"):
-        raise ValueError(f"init must be 'project' or 'preserve_std', got {init!r}")
-
-
 def _tieable(module: nn.Module, name: str, where: str) -> Tensor:
     """The untied floating-point tensor ``module.<name>``, or a clear error (``where``: caller)."""
+    if not isinstance(module, nn.Module):
+        raise TieTypeError(f"{where}: expected an nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise TieTypeError(f"{where}: the tensor name must be a str, got {name!r}")
     if parametrize.is_parametrized(module, name):
-        raise ValueError(
+        raise TargetError(
             f"{where}: {_label(module, name)} is already tied or parametrized; a tie must be its "
             "first parametrization (untie it, or register the tie before the others)"
         )
     tensor = getattr(module, name, None)
+    label = _label(module, name)
     if not isinstance(tensor, Tensor):
-        owner = _label(module, name).rsplit(".", 1)[0]
-        raise ValueError(f"{where}: {owner} has no tensor named {name!r}")
-    if not tensor.is_floating_point():
-        raise TypeError(f"{where}: cannot tie a {tensor.dtype} tensor (floating point only)")
+        owner = label.rsplit(".", 1)[0]
+        raise TargetError(f"{where}: {owner} has no tensor named {name!r}")
+    shape = tuple(tensor.shape)
+    if not tensor.is_floating_point() or tensor.dtype in _LOW_PRECISION_UNSUPPORTED:
+        raise TieTypeError(
+            f"{where}: cannot tie {label} of shape {shape}: it is {tensor.dtype} (floating point "
+            "only: float16, bfloat16, float32 or float64; tie in one of those, then convert)"
+        )
+    for kind, names in _UPDATED_IN_PLACE:
+        if isinstance(module, kind) and name in names:
+            raise TargetError(
+                f"{where}: cannot tie {label} of shape {shape}: {type(module).__name__} updates "
+                "it in place during training, and a tied tensor is rebuilt from its free vector "
+                "on every read, so the updates would be lost. Tie the affine weight and bias "
+                "instead"
+            )
+    if tensor.is_inference():
+        raise TargetError(
+            f"{where}: cannot tie {label} of shape {shape}: it was created under "
+            "torch.inference_mode(), so it cannot take part in autograd; build the module "
+            "outside inference_mode (torch.no_grad() is fine)"
+        )
     return tensor
 
 
 def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]:
     """Everything that can refuse a tie, run before the module is touched."""
+    tensor = _tieable(module, name, "register_tie")
     where = _label(module, name)
     if not isinstance(tie, Tie):
-        raise TypeError(f"register_tie({where}): expected a tietorch.Tie, got {type(tie).__name__}")
+        raise TieTypeError(
+            f"register_tie({where}): expected a tietorch.Tie, got {type(tie).__name__}"
+        )
     existing = _tie_of(module, name)
     if existing is not None:
-        raise ValueError(
+        raise TargetError(
             f"register_tie({where}): already tied with {existing.tie!r}; register "
             f"`old & new` after remove_tie(), so both constraints are solved together"
         )
-    tensor = _tieable(module, name, f"register_tie({where})")
-    try:
-        layout = tie.layout(tuple(tensor.shape))
-    except (ValueError, TypeError, IndexError) as error:
-        raise type(error)(f"register_tie({where}): {error}") from error
+    with _context(f"register_tie({where}, {tie!r}) on shape {tuple(tensor.shape)}"):
+        layout = solved_layout(tie, tuple(tensor.shape))
     return tensor, layout
 
 
@@ -113,15 +151,11 @@ def register_tie(module: nn.Module, name: str, tie: Tie, *, init: Init = "projec
         >>> [p.numel() for p in conv.parameters()]  # bias, then 4*3/2*9 + 4*5 free weights
         [4, 74]
     """
-    _check_init(init)
+    check_init(init)
     tensor, layout = _prepare(module, name, tie)
     where = _label(module, name)
-    param = TieParametrization(tie, layout.index, layout.sign, layout.n_free, tensor)
-    with torch.no_grad():
-        theta = param.right_inverse(tensor)
-        error = relative_error(tensor, param(theta))
-        if init == "preserve_std":
-            theta = theta * layout.class_sizes.to(theta).clamp_min(1).sqrt()
+    param = TieParametrization(tie, layout, tensor)
+    theta, error = layout.initial_theta(tensor, init)
     _install(module, name, param, theta)
     param.projection_error = error
     _log.info(
@@ -148,34 +182,37 @@ def remove_tie(module: nn.Module, name: str) -> None:
     where = _label(module, name)
     param = _tie_of(module, name)
     if param is None:
-        raise ValueError(f"remove_tie: {where} is not tied")
-    if len(module.parametrizations[name]) > 1:
-        raise ValueError(
+        raise TargetError(f"remove_tie: {where} is not tied")
+    if len(parametrization_list(module, name)) > 1:
+        raise TargetError(
             f"remove_tie: {where} has other parametrizations on top of its tie; remove those first"
         )
-    followers = param.__dict__.get("_followers", ())
+    group = param.group
+    followers = () if group is None else group.followers
     if len(followers):
-        raise ValueError(
+        raise TargetError(
             f"remove_tie: {where} holds the free vector of a group of tied tensors that "
             f"{len(followers)} other tensor(s) still read; remove_tie those first, or bake(model)"
         )
     owner = param.follows
-    requires_grad = param.__dict__.get("_requires_grad", True)
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    if owner is not None:
+    if owner is not None and group is not None:
         # Its placeholder was a buffer, so parametrize restored a buffer: give back what the
         # tensor was before it joined the group.
-        if not param.__dict__.get("_was_buffer", False):
+        if not group.was_buffer:
             value = module._buffers.pop(name)
-            module.register_parameter(name, nn.Parameter(value.detach(), requires_grad))
-        owner[0].__dict__["_followers"].discard(param)
+            assert value is not None
+            module.register_parameter(name, nn.Parameter(value.detach(), group.requires_grad))
+        lead = owner[0]
+        assert isinstance(lead, TieParametrization) and lead.group is not None
+        lead.group.followers.discard(param)
 
 
 def _tied_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, TieParametrization]]:
     found = []
     for qualname, module in model.named_modules():
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
+            for name in list(parametrization_lists(module).keys()):
                 param = _tie_of(module, name)
                 if param is not None:
                     found.append((qualname, module, name, param))
@@ -193,8 +230,8 @@ def bake(model: nn.Module) -> nn.Module:
     """
     tied = _tied_tensors(model)
     for qualname, module, name, _ in tied:  # check all first: never leave a model half-baked
-        if len(module.parametrizations[name]) > 1:
-            raise ValueError(
+        if len(parametrization_list(module, name)) > 1:
+            raise TargetError(
                 f"bake: {qualname or type(model).__name__}.{name} has other parametrizations on "
                 "top of its tie; remove those first (nothing was untied)"
             )
@@ -230,6 +267,14 @@ def tie_modules(
         >>> sorted(tietorch.tie_modules(net, tietorch.KernelSymmetry("D4")))
         ['0', '2']
     """
+    check_init(init)
+    if not isinstance(model, nn.Module):
+        raise TieTypeError(f"tie_modules: expected an nn.Module, got {type(model).__name__}")
+    kinds = types if isinstance(types, tuple) else (types,)
+    if not all(isinstance(t, type) and issubclass(t, nn.Module) for t in kinds):
+        raise TieTypeError(
+            f"tie_modules: types must be nn.Module classes (e.g. torch.nn.Linear), got {types!r}"
+        )
     targets = [
         (qualname, module)
         for qualname, module in model.named_modules()
@@ -238,16 +283,7 @@ def tie_modules(
         and (where is None or where(qualname, module))
     ]
     for qualname, module in targets:
-        try:
+        with _context(f"tie_modules: module '{qualname}'"):
             _prepare(module, name, tie)
-        except (ValueError, TypeError) as error:
-            raise type(error)(f"tie_modules: module '{qualname}': {error}") from error
     _refuse_shared(model, [f"{q}.{name}" if q else name for q, _ in targets], "tie_modules")
     return {qualname: register_tie(module, name, tie, init=init) for qualname, module in targets}
-
-
-def relative_error(original: Tensor, projected: Tensor) -> float:
-    """``||W - P(W)|| / ||W||`` (0 for a zero tensor)."""
-    norm = float(torch.linalg.vector_norm(original.detach()))
-    diff = original.detach().to(projected) - projected
-    return float(torch.linalg.vector_norm(diff)) / norm if norm else 0.0

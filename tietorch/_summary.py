@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ._register import _tied_tensors
+from ._torch_compat import parametrization_list
+from .errors import TieTypeError
 
 __all__ = ["TieSummary", "summary"]
 
@@ -95,9 +97,11 @@ def summary(model: nn.Module) -> TieSummary:
     >>> s.entries, s.free
     (81, 42)
     """
+    if not isinstance(model, nn.Module):
+        raise TieTypeError(f"summary: expected an nn.Module, got {type(model).__name__}")
     tied = _tied_tensors(model)
     names = {
-        id(module.parametrizations[name]): f"{qualname}.{name}" if qualname else name
+        id(parametrization_list(module, name)): f"{qualname}.{name}" if qualname else name
         for qualname, module, name, _ in tied
     }
     rows = []

@@ -1,8 +1,13 @@
-"""Declaring ties: the :class:`Tie` base class and the :class:`TieLayout` it produces."""
+"""Declaring ties: the :class:`Tie` base class, ``a & b`` (:class:`AllOf`), and the evaluation
+of a declaration into constraints for the solver (which returns a :class:`TieLayout`)."""
 
 from __future__ import annotations
 
 import math
+import operator
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,152 +15,16 @@ import torch
 from torch import Tensor
 
 from ._classes import _KeyConstraint, _RelationConstraint, solve
+from ._layout import Shape, TieLayout
+from .errors import DeclarationError, ShapeError, TieTypeError, _context
 
-__all__ = ["Tie", "TieLayout"]
+__all__ = ["AllOf", "Tie", "TieLayout"]
 
-Shape = tuple[int, ...]
 _LAYOUT_CACHE_SIZE = 4  # shapes remembered per tie; a 10^7-entry layout holds ~90 MB
-
-
-def gather(theta: Tensor, index: Tensor, sign: Tensor | None, shape: Shape) -> Tensor:
-    """``theta[index] * sign`` viewed as ``shape`` (``index`` flat; ``index_select`` is the
-    fastest gather forward and backward on CPU, see the research notes)."""
-    if theta.numel() == 0:  # every entry forced to zero
-        return theta.new_zeros(shape) + theta.sum()  # keeps the result attached to autograd
-    out = theta.index_select(0, index).view(shape)
-    return out if sign is None else out * sign
-
-
-def signed_mean(
-    weight: Tensor, index: Tensor, sign: Tensor | None, inverse_counts: Tensor
-) -> Tensor:
-    """Per class, the mean of ``sign * weight``: the free vector of the orthogonal projection."""
-    flat = weight.reshape(-1)
-    if inverse_counts.numel() == 0:  # every entry forced to zero
-        return flat.new_zeros(0)
-    if sign is not None:
-        flat = flat * sign.reshape(-1)
-    total = flat.new_zeros(inverse_counts.shape).index_add_(0, index, flat)
-    return total * inverse_counts
-
-
-class TieLayout:
-    """The solved form of a tie on one shape: ``W = theta[index] * sign``.
-
-    Args:
-        index: integer tensor with the weight's shape; ``index[x]`` is the free parameter that
-            entry ``x`` reads, in ``[0, n_free)``.
-        n_free: the number of free parameters (the length of ``theta``).
-        sign: None (all +1) or a tensor of the same shape holding +1, -1 or 0 (0: the entry is
-            forced to zero; its ``index`` is then ignored and may be 0 even when ``n_free == 0``).
-
-    A hand-written, closed-form layout (see :meth:`Tie.layout`) is built with this constructor,
-    which checks that it is well formed.
-
-    Example:
-        >>> layout = TieLayout(index=torch.tensor([[0, 1], [1, 2]]), n_free=3)
-        >>> layout.materialize(torch.tensor([1.0, 2.0, 3.0]))
-        tensor([[1., 2.],
-                [2., 3.]])
-        >>> layout.project(torch.tensor([[1.0, 0.0], [4.0, 3.0]]))
-        tensor([1., 2., 3.])
-    """
-
-    __slots__ = ("_counts", "_index", "_n_free", "_sign")
-
-    def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
-        index = torch.as_tensor(index)
-        if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-            raise TypeError(f"TieLayout: index must be an integer tensor, got {index.dtype}")
-        index = index.to(torch.long)
-        n_free = int(n_free)
-        if n_free < 0:
-            raise ValueError(f"TieLayout: n_free must be >= 0, got {n_free}")
-        live: Tensor | None = None
-        if sign is not None:
-            sign = torch.as_tensor(sign)
-            if sign.shape != index.shape:
-                raise ValueError(
-                    f"TieLayout: sign has shape {tuple(sign.shape)}, index has {tuple(index.shape)}"
-                )
-            if sign.numel() and not bool(((sign == 1) | (sign == -1) | (sign == 0)).all()):
-                raise ValueError("TieLayout: sign values must be +1, -1 or 0")
-            sign = sign.to(torch.int8)
-            live = sign != 0
-            index = index.masked_fill(~live, 0)  # forced zeros read parameter 0, times 0
-        used = index.reshape(-1) if live is None else index[live]
-        if used.numel() and (int(used.min()) < 0 or int(used.max()) >= n_free):
-            raise ValueError(
-                f"TieLayout: index values must lie in [0, n_free={n_free}), got "
-                f"[{int(used.min())}, {int(used.max())}]"
-            )
-        counts = torch.bincount(used, minlength=n_free)
-        if n_free and not bool((counts > 0).all()):
-            unused = torch.nonzero(counts == 0).reshape(-1)[:5].tolist()
-            raise ValueError(
-                f"TieLayout: every free parameter must be used by some entry; unused: {unused}"
-            )
-        self._index = index
-        self._n_free = n_free
-        self._sign = sign
-        self._counts = counts
-
-    # Read-only: the class sizes (and every parametrization built from them) must stay valid.
-    @property
-    def index(self) -> Tensor:
-        return self._index
-
-    @property
-    def n_free(self) -> int:
-        return self._n_free
-
-    @property
-    def sign(self) -> Tensor | None:
-        return self._sign
-
-    @property
-    def shape(self) -> Shape:
-        return tuple(self.index.shape)
-
-    @property
-    def numel(self) -> int:
-        return self.index.numel()
-
-    @property
-    def class_sizes(self) -> Tensor:
-        """How many entries read each free parameter (forced zeros not counted)."""
-        return self._counts
-
-    @property
-    def n_zero(self) -> int:
-        """How many entries are forced to zero."""
-        return 0 if self.sign is None else int((self.sign == 0).sum())
-
-    def materialize(self, theta: Tensor) -> Tensor:
-        """The full tensor ``theta[index] * sign`` for a free vector ``theta`` of length n_free."""
-        if theta.shape != (self.n_free,):
-            raise ValueError(
-                f"expected a free vector of shape ({self.n_free},), got {tuple(theta.shape)}"
-            )
-        sign = None if self.sign is None else self.sign.to(theta.device, theta.dtype)
-        return gather(theta, self.index.reshape(-1).to(theta.device), sign, self.shape)
-
-    def project(self, weight: Tensor) -> Tensor:
-        """The free vector of the orthogonal projection of ``weight`` onto the tied subspace.
-
-        Each free parameter is the signed mean of its class; ``materialize(project(W))`` is the
-        closest tensor to ``W`` (in the Frobenius norm) that satisfies the tie.
-        """
-        if tuple(weight.shape) != self.shape:
-            raise ValueError(f"expected a tensor of shape {self.shape}, got {tuple(weight.shape)}")
-        device, dtype = weight.device, weight.dtype
-        sign = None if self.sign is None else self.sign.to(device, dtype)
-        inverse_counts = 1.0 / self._counts.to(device, dtype).clamp_min(1)
-        return signed_mean(weight, self.index.reshape(-1).to(device), sign, inverse_counts)
-
-    def __repr__(self) -> str:
-        zeros = f", n_zero={self.n_zero}" if self.sign is not None else ""
-        return f"TieLayout(shape={self.shape}, n_free={self.n_free}{zeros})"
+# Peak bytes per entry while solving (int64 codes, targets, parents and edges, doubled when a
+# relation carries a sign): the up-front size check compares this estimate with the memory.
+_SOLVE_BYTES_PER_ENTRY = 96
+_CACHE_LOCK = threading.Lock()  # guards every tie's layout cache (solving runs outside it)
 
 
 class Tie:
@@ -220,37 +89,66 @@ class Tie:
     # ------------------------------------------------------------------ solving
 
     def layout(self, shape: Sequence[int]) -> TieLayout:
-        """The classes of this tie on ``shape``: a :class:`TieLayout` (cached per shape)."""
-        shape = _as_shape(shape)
-        cache: dict[Shape, TieLayout] = self.__dict__.setdefault("_layout_cache", {})
-        if shape in cache:
-            return cache[shape]
+        """The classes of this tie on ``shape``: a :class:`TieLayout` (cached per shape).
+
+        Thread-safe: threads may call it at once (a shape missing from the cache may then be
+        solved twice; both results are equal).
+        """
+        with _context(f"{self!r}.layout"):
+            shape = _as_shape(shape)
+        with _CACHE_LOCK:
+            cache: OrderedDict[Shape, TieLayout] = self.__dict__.setdefault(
+                "_layout_cache", OrderedDict()
+            )
+            if shape in cache:
+                return cache[shape]
         self.check_shape(shape)
+        check_size(self, shape)
         n = math.prod(shape)
         index, n_free, sign = solve(n, self._constraints(shape))
         layout = TieLayout(index.view(shape), n_free, None if sign is None else sign.view(shape))
-        if len(cache) >= _LAYOUT_CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[shape] = layout
+        with _CACHE_LOCK:
+            cache[shape] = layout
+            while len(cache) > _LAYOUT_CACHE_SIZE:
+                cache.popitem(last=False)
         return layout
 
     def _declares(self) -> str:
-        """Which of key / relations / layout this tie's class overrides."""
-        for name in ("key", "relations", "layout"):
-            if getattr(type(self), name) is not getattr(Tie, name):
-                return name
-        raise TypeError(f"{self!r}: a Tie subclass must override key(), relations() or layout()")
+        """Which of key / relations / layout this tie's class overrides (a hand-written layout
+        may come with a key or relations that declare it: those are what is checked)."""
+        overrides = [
+            name
+            for name in ("key", "relations", "layout")
+            if getattr(type(self), name) is not getattr(Tie, name)
+        ]
+        if "key" in overrides and "relations" in overrides:
+            raise DeclarationError(
+                f"{self!r}: a Tie must declare key() or relations(), not both (relations() would "
+                "be ignored); declare them as two ties and combine them with `&`, e.g. "
+                "Tie.from_key(f) & Tie.from_relation(g)"
+            )
+        if not overrides:
+            raise TieTypeError(
+                f"{self!r}: a Tie subclass must override key(), relations() or layout()"
+            )
+        return overrides[0]
 
     def _constraints(self, shape: Shape) -> list[_KeyConstraint | _RelationConstraint]:
         """The declaration evaluated on ``shape``, as flat constraints for the solver."""
         declares = self._declares()
         if declares == "layout":
-            return [_layout_as_relation(self.layout(shape))]
+            return [_layout_as_relation(solved_layout(self, shape))]
         idx = _grids(shape)
-        if declares == "key":
-            parts = _evaluate_key(self, self.key(*idx), shape)
-            return [_KeyConstraint(parts, math.prod(shape))]
-        return _evaluate_relations(self, self.relations(*idx), self.sign(*idx), shape)
+        try:
+            if declares == "key":
+                parts = _evaluate_key(self, self.key(*idx), shape)
+                return [_KeyConstraint(parts, math.prod(shape))]
+            return _evaluate_relations(self, self.relations(*idx), self.sign(*idx), shape)
+        except (IndexError, RuntimeError) as error:  # torch errors inside the user's code
+            raise DeclarationError(
+                f"{self!r}: evaluating its {declares}() on shape {shape} raised "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
     # ------------------------------------------------------------- from functions
 
@@ -328,7 +226,7 @@ class AllOf(Tie):
         flat: list[Tie] = []
         for tie in ties:
             flat.extend(tie.ties if isinstance(tie, AllOf) else (tie,))
-        self.ties = tuple(flat)
+        self.ties: tuple[Tie, ...] = tuple(flat)
 
     def check_shape(self, shape: Shape) -> None:
         for tie in self.ties:
@@ -348,10 +246,55 @@ class AllOf(Tie):
 
 
 def _as_shape(shape: Sequence[int] | torch.Size) -> Shape:
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"invalid shape {shape}")
-    return shape
+    """``shape`` as a tuple of non-negative ints; floats, bools and strings are refused."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (Sequence, torch.Size)):
+        raise TieTypeError(f"a shape must be a sequence of ints, got {shape!r}")
+    try:
+        if any(isinstance(s, bool) for s in shape):
+            raise TypeError
+        values = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TieTypeError(f"a shape must be a sequence of ints, got {tuple(shape)!r}") from None
+    if any(s < 0 for s in values):
+        raise ShapeError(f"invalid shape {values}: sizes must be >= 0")
+    return values
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def check_size(tie: Any, shape: Shape) -> None:
+    """Refuse, before anything is allocated, a shape whose solve cannot fit in memory."""
+    n = math.prod(shape)
+    needed = n * _SOLVE_BYTES_PER_ENTRY
+    memory = _memory_bytes()
+    if n >= 2**62 or (memory is not None and needed > memory):
+        have = "" if memory is None else f", more than this machine's {memory / 2**30:.3g} GiB"
+        raise ShapeError(
+            f"{tie!r} on shape {shape}: {n:,} entries; solving them needs about "
+            f"{needed / 2**30:.3g} GiB ({_SOLVE_BYTES_PER_ENTRY} bytes per entry){have}. Tie "
+            "smaller tensors, or write the layout in closed form (override Tie.layout)"
+        )
+
+
+def solved_layout(tie: Tie, shape: Shape) -> TieLayout:
+    """``tie.layout(shape)``, checked: a user's ``layout()`` override must return a
+    :class:`TieLayout` of ``shape``."""
+    layout = tie.layout(shape)
+    if not isinstance(layout, TieLayout):
+        raise DeclarationError(
+            f"{tie!r}: layout({shape}) returned a {type(layout).__name__}; expected a "
+            "tietorch.TieLayout"
+        )
+    if layout.shape != shape:
+        raise DeclarationError(
+            f"{tie!r}: layout({shape}) returned a layout of shape {layout.shape}"
+        )
+    return layout
 
 
 def _grids(shape: Shape) -> tuple[Tensor, ...]:
@@ -361,21 +304,87 @@ def _grids(shape: Shape) -> tuple[Tensor, ...]:
     )
 
 
-def _broadcast(tie: Tie, what: str, value: Any, shape: Shape) -> Tensor:
-    tensor = torch.as_tensor(value)
+def _as_values(tie: Any, what: str, value: Any, kinds: str) -> Tensor:
+    """What a declaration returned for ``what``, as a tensor of an accepted kind of dtype.
+
+    ``kinds``: ``"index"`` (integers), ``"key"`` (integers, bools or finite floats) or
+    ``"sign"`` (real numbers).
+    """
+    if value is None or isinstance(value, (str, bytes, list, dict, set)):
+        raise TieTypeError(
+            f"{tie!r}: {what} is a {type(value).__name__}; expected a tensor (or an int)"
+        )
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TieTypeError(
+            f"{tie!r}: {what} is a {type(value).__name__}, which is not a tensor"
+        ) from None
+    dtype = tensor.dtype
+    if dtype.is_complex:
+        raise TieTypeError(f"{tie!r}: {what} is complex ({dtype}); ties need real values")
+    if dtype in (torch.uint16, torch.uint32, torch.uint64):
+        raise TieTypeError(f"{tie!r}: {what} has dtype {dtype}; use int64")
+    if kinds == "index" and (dtype.is_floating_point or dtype == torch.bool):
+        raise TieTypeError(
+            f"{tie!r}: {what} has dtype {dtype}; index tensors must be integers (a bool "
+            "tensor is a mask, not an index)"
+        )
+    if kinds == "key" and dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        raise DeclarationError(
+            f"{tie!r}: {what} holds NaN or infinite values; every key must be finite (NaN "
+            "never equals itself, so each such entry would be its own class)"
+        )
+    return tensor
+
+
+def _broadcast(tie: Any, what: str, tensor: Tensor, shape: Shape) -> Tensor:
     try:
         return torch.broadcast_to(tensor, shape)
     except RuntimeError:
-        raise ValueError(
+        raise ShapeError(
             f"{tie!r}: {what} has shape {tuple(tensor.shape)}, which does not broadcast to the "
             f"tensor's shape {shape}"
         ) from None
 
 
+def key_parts(tie: Any, key: Any) -> tuple[Any, ...]:
+    """What ``key()`` returned, as a tuple of parts (a single tensor is one part)."""
+    if isinstance(key, list):
+        raise TieTypeError(
+            f"{tie!r}: key() returned a list; return a tensor, or a tuple of tensors for a "
+            "key of several parts"
+        )
+    return key if isinstance(key, tuple) else (key,)
+
+
+def relation_list(tie: Any, relations: Any, signs: Any) -> list[tuple[tuple[Any, ...], Any]]:
+    """What ``relations()``/``sign()`` returned, as ``[(relation, sign), ...]``: one tuple of
+    index tensors per generator, each with its sign."""
+    if isinstance(relations, tuple):
+        relations = [relations]
+    if not isinstance(relations, list):
+        raise TieTypeError(
+            f"{tie!r}: relations() must return a tuple of index tensors (one per dim) or a "
+            f"list of such tuples, got {type(relations).__name__}"
+        )
+    if not relations:
+        raise DeclarationError(f"{tie!r}: relations() returned no relation (an empty list)")
+    if not isinstance(signs, list):
+        signs = [signs] * len(relations)
+    if len(signs) != len(relations):
+        raise DeclarationError(
+            f"{tie!r}: sign() returned {len(signs)} signs for {len(relations)} relations"
+        )
+    return list(zip(relations, signs))
+
+
 def _evaluate_key(tie: Tie, key: Any, shape: Shape) -> tuple[Tensor, ...]:
-    parts = key if isinstance(key, tuple) else (key,)
     return tuple(
-        _broadcast(tie, f"key part {k}", part, shape).reshape(-1) for k, part in enumerate(parts)
+        _broadcast(
+            tie, f"key part {k}", _as_values(tie, f"key part {k}", part, "key"), shape
+        ).reshape(-1)
+        for k, part in enumerate(key_parts(tie, key))
     )
 
 
@@ -388,54 +397,42 @@ def _evaluate_relations(
     indices are refused, negative ones wrap.
     """
     target_shape = shape if target_shape is None else target_shape
-    if isinstance(relations, tuple):
-        relations = [relations]
-    if not isinstance(relations, list):
-        raise TypeError(
-            f"{tie!r}: relations() must return a tuple of index tensors (one per dim) or a "
-            f"list of such tuples, got {type(relations).__name__}"
-        )
-    if not isinstance(signs, list):
-        signs = [signs] * len(relations)
-    if len(signs) != len(relations):
-        raise ValueError(
-            f"{tie!r}: sign() returned {len(signs)} signs for {len(relations)} relations"
-        )
     strides = torch.ones(len(target_shape), dtype=torch.long)
     for d in range(len(target_shape) - 2, -1, -1):
         strides[d] = strides[d + 1] * target_shape[d + 1]
     out: list[_KeyConstraint | _RelationConstraint] = []
-    for r, (relation, sign) in enumerate(zip(relations, signs)):
+    for r, (relation, sign) in enumerate(relation_list(tie, relations, signs)):
         if not isinstance(relation, tuple) or len(relation) != len(target_shape):
             got = len(relation) if isinstance(relation, tuple) else type(relation).__name__
-            raise ValueError(
+            raise DeclarationError(
                 f"{tie!r}: relation {r} must give one index tensor per dim of the shape "
                 f"{target_shape} ({len(target_shape)}), got {got}"
             )
         target = torch.zeros(shape, dtype=torch.long)
         for d, (component, size) in enumerate(zip(relation, target_shape)):
-            component = torch.as_tensor(component)
-            if component.is_floating_point() or component.is_complex():
-                raise TypeError(
-                    f"{tie!r}: relation {r} gives a {component.dtype} index for dim {d}"
-                )
+            what = f"relation {r}, dim {d}"
+            component = _as_values(tie, what, component, "index")
             component = component.to(torch.long)  # narrow ints would overflow the flat index
             if component.numel():
                 low, high = int(component.min()), int(component.max())
                 if low < -size or high >= size:
                     bad = low if low < -size else high
-                    raise ValueError(
+                    raise DeclarationError(
                         f"{tie!r}: relation {r} maps dim {d} (size {size}) to index {bad}, "
                         f"outside [-{size}, {size}) on shape {target_shape}"
                     )
             component = torch.where(component < 0, component + size, component)
-            target.add_(_broadcast(tie, f"relation {r}, dim {d}", component, shape) * strides[d])
+            target.add_(_broadcast(tie, what, component, shape) * strides[d])
         sign_tensor: Tensor | None = None
-        if not (isinstance(sign, int) and sign == 1):
-            sign_tensor = torch.as_tensor(sign)
-            if sign_tensor.numel() and not bool(((sign_tensor == 1) | (sign_tensor == -1)).all()):
-                raise ValueError(f"{tie!r}: sign() must give +1 or -1, got other values")
-            sign_tensor = _broadcast(tie, f"sign of relation {r}", sign_tensor, shape)
+        if not (isinstance(sign, int) and not isinstance(sign, bool) and sign == 1):
+            sign_tensor = _as_values(tie, f"the sign of relation {r}", sign, "sign")
+            if sign_tensor.dtype == torch.bool or (
+                sign_tensor.numel() and not bool(((sign_tensor == 1) | (sign_tensor == -1)).all())
+            ):
+                raise DeclarationError(
+                    f"{tie!r}: sign() must give +1 or -1 for relation {r}, got other values"
+                )
+            sign_tensor = _broadcast(tie, f"the sign of relation {r}", sign_tensor, shape)
             sign_tensor = sign_tensor.reshape(-1).to(torch.int8)
             if bool((sign_tensor > 0).all()):
                 sign_tensor = None

@@ -71,7 +71,7 @@ def builtin_ties() -> dict[str, type[Tie]]:
     for module in (tietorch.ties, tietorch):
         for name in getattr(module, "__all__", ()):
             obj = getattr(module, name, None)
-            if isinstance(obj, type) and issubclass(obj, Tie) and obj is not Tie:
+            if isinstance(obj, type) and issubclass(obj, Tie) and obj not in (Tie, tietorch.AllOf):
                 found[name] = obj
     return found
 

@@ -12,6 +12,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "CheckpointError",
     "DeclarationError",
@@ -48,3 +51,26 @@ class TargetError(TietorchError, ValueError):
 class CheckpointError(TietorchError, ValueError):
     """A state dict that does not fit the tied model: wrong sizes, a changed tie, a dense
     checkpoint given to ``load_state_dict`` of a tied model."""
+
+
+@contextmanager
+def _context(where: str) -> Iterator[None]:
+    """Prefix the message of an error raised inside with ``where`` (the public call, the tensor,
+    the shape), keeping its class and its ``except ValueError``/``TypeError`` base. Used once
+    per public call, so a message gets its context exactly once.
+    """
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        raise _with_prefix(error, where) from error
+
+
+def _with_prefix(error: Exception, where: str) -> Exception:
+    cls = type(error)
+    try:
+        new = cls(f"{where}: {error}")
+    except Exception:  # an exception class with another constructor: wrap it
+        new = (DeclarationError if isinstance(error, ValueError) else TieTypeError)(
+            f"{where}: {error}"
+        )
+    return new

@@ -1,0 +1,280 @@
+"""The solved form of a tie, ``W = theta[index] * sign``, and all the math on it.
+
+Everything that reads a layout's classes lives here, written once: the gather (``materialize``),
+the class statistics and the orthogonal projection (``project``), the class sizes, the rules of
+a well-formed layout, and the initial value of a free vector (``init=``). A group of tensors
+tied together (:func:`tietorch.tie_tensors`) is one layout over their concatenated flat index
+space; each tensor reads the slice at its offset.
+
+Precision: class means are accumulated in float64 (float32 where the device has no float64, as
+on Apple's MPS), never in the weight's own low-precision dtype, and cast to it once. A class
+whose signed entries are all equal takes that value exactly, so a tensor that already satisfies
+its tie is returned bit for bit (up to the sign of zero) and its projection error is exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .errors import DeclarationError, ShapeError, TieTypeError
+
+__all__ = ["TieLayout"]
+
+Shape = tuple[int, ...]
+Init = Literal["project", "preserve_std"]
+
+
+def gather(theta: Tensor, index: Tensor, sign: Tensor | None, shape: Shape) -> Tensor:
+    """``theta[index] * sign`` viewed as ``shape`` (``index`` flat).
+
+    ``index_select`` is the fastest gather forward and backward on CPU (against advanced
+    indexing ``theta[index]`` and ``torch.gather``, measured on torch 2.x).
+    """
+    if theta.numel() == 0:  # every entry forced to zero
+        return theta.new_zeros(shape) + theta.sum()  # keeps the result attached to autograd
+    out = theta.index_select(0, index).view(shape)
+    return out if sign is None else out * sign
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype class statistics are accumulated in: float64, or float32 on a device that has
+    no float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def signed_class_means(
+    index: Tensor, sign: Tensor | None, values: Tensor, n_free: int
+) -> tuple[Tensor, Tensor]:
+    """Per class, the mean of ``sign * values`` over the entries given, precision-safe.
+
+    ``index`` (flat, long) and ``sign`` (flat, None for all +1) describe the entries of
+    ``values`` (any shape, flattened). Returns ``(theta, covered)`` in the accumulation dtype:
+    ``covered[c]`` says whether class ``c`` has an entry here (``theta[c]`` is 0 otherwise). A
+    class whose signed entries are all equal gets that value exactly; the others get the mean,
+    summed in float64 (scaled by a power of two when float64 itself could overflow).
+    """
+    dtype = accumulation_dtype(values.device)
+    flat = values.reshape(-1).to(dtype)
+    if sign is not None:
+        live = sign.reshape(-1) != 0
+        flat = (flat * sign.reshape(-1).to(dtype))[live]
+        index = index[live]
+    counts = torch.bincount(index, minlength=n_free)
+    covered = counts > 0
+    if n_free == 0:
+        return flat.new_zeros(0), covered
+    low = flat.new_full((n_free,), math.inf).scatter_reduce_(0, index, flat, "amin")
+    high = flat.new_full((n_free,), -math.inf).scatter_reduce_(0, index, flat, "amax")
+    scale = 1.0
+    if flat.numel():
+        largest = float(flat.abs().max())
+        most = int(counts.max())
+        if math.isfinite(largest) and largest * most > torch.finfo(dtype).max / 2:
+            scale = 2.0 ** -math.ceil(math.log2(most) + 1)  # exact: a power of two
+    total = flat.new_zeros(n_free).index_add_(0, index, flat * scale if scale != 1 else flat)
+    mean = total / counts.clamp_min(1).to(dtype)
+    if scale != 1:
+        mean = mean / scale
+    theta = torch.where(low == high, low, mean)
+    return torch.where(covered, theta, torch.zeros_like(theta)), covered
+
+
+def relative_error(original: Tensor, projected: Tensor) -> float:
+    """``||W - P(W)|| / ||W||`` in float64 (0 for a zero tensor; exactly 0 when equal).
+
+    Both are scaled by ``max |W|`` first, so tensors near their dtype's maximum do not overflow
+    the norms.
+    """
+    dtype = accumulation_dtype(original.device)
+    a = original.detach().reshape(-1).to(dtype)
+    b = projected.detach().reshape(-1).to(a.device, dtype)
+    if a.numel() == 0:
+        return 0.0
+    largest = float(a.abs().max())
+    if largest == 0 or not math.isfinite(largest):
+        return 0.0 if torch.equal(a, b) else float(torch.linalg.vector_norm(a - b))
+    norm = float(torch.linalg.vector_norm(a / largest))
+    return float(torch.linalg.vector_norm(a / largest - b / largest)) / norm
+
+
+class TieLayout:
+    """The solved form of a tie on one shape: ``W = theta[index] * sign``.
+
+    Args:
+        index: integer tensor with the weight's shape; ``index[x]`` is the free parameter that
+            entry ``x`` reads, in ``[0, n_free)``.
+        n_free: the number of free parameters (the length of ``theta``).
+        sign: None (all +1) or a tensor of the same shape holding +1, -1 or 0 (0: the entry is
+            forced to zero; its ``index`` is then ignored and may be 0 even when ``n_free == 0``).
+
+    A hand-written, closed-form layout (see :meth:`Tie.layout`) is built with this constructor,
+    which checks that it is well formed. Layouts are immutable and live on the CPU.
+
+    Example:
+        >>> layout = TieLayout(index=torch.tensor([[0, 1], [1, 2]]), n_free=3)
+        >>> layout.materialize(torch.tensor([1.0, 2.0, 3.0]))
+        tensor([[1., 2.],
+                [2., 3.]])
+        >>> layout.project(torch.tensor([[1.0, 0.0], [4.0, 3.0]]))
+        tensor([1., 2., 3.])
+    """
+
+    __slots__ = ("_counts", "_index", "_n_free", "_sign")
+
+    def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
+        # The rules of a well-formed layout; every violation is raised from here.
+        index = torch.as_tensor(index)
+        if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+            raise TieTypeError(f"TieLayout: index must be an integer tensor, got {index.dtype}")
+        index = index.to(torch.long)
+        n_free = _as_count(n_free, "TieLayout: n_free")
+        live: Tensor | None = None
+        if sign is not None:
+            sign = torch.as_tensor(sign)
+            if sign.shape != index.shape:
+                raise ShapeError(
+                    f"TieLayout: sign has shape {tuple(sign.shape)}, index has {tuple(index.shape)}"
+                )
+            if sign.is_complex():
+                raise TieTypeError(f"TieLayout: sign must be real, got {sign.dtype}")
+            if sign.numel() and not bool(((sign == 1) | (sign == -1) | (sign == 0)).all()):
+                raise DeclarationError("TieLayout: sign values must be +1, -1 or 0")
+            sign = sign.to(torch.int8)
+            live = sign != 0
+            index = index.masked_fill(~live, 0)  # forced zeros read parameter 0, times 0
+        used = index.reshape(-1) if live is None else index[live]
+        if used.numel() and (int(used.min()) < 0 or int(used.max()) >= n_free):
+            raise DeclarationError(
+                f"TieLayout: index values must lie in [0, n_free={n_free}), got "
+                f"[{int(used.min())}, {int(used.max())}]"
+            )
+        counts = torch.bincount(used, minlength=n_free)
+        if n_free and not bool((counts > 0).all()):
+            unused = torch.nonzero(counts == 0).reshape(-1)[:5].tolist()
+            raise DeclarationError(
+                f"TieLayout: every free parameter must be used by some entry; unused: {unused}"
+            )
+        self._index = index
+        self._n_free = n_free
+        self._sign = sign
+        self._counts = counts
+
+    # Read-only: the class sizes (and every parametrization built from them) must stay valid.
+    @property
+    def index(self) -> Tensor:
+        return self._index
+
+    @property
+    def n_free(self) -> int:
+        return self._n_free
+
+    @property
+    def sign(self) -> Tensor | None:
+        return self._sign
+
+    @property
+    def shape(self) -> Shape:
+        return tuple(self.index.shape)
+
+    @property
+    def numel(self) -> int:
+        return self.index.numel()
+
+    @property
+    def class_sizes(self) -> Tensor:
+        """How many entries read each free parameter (forced zeros not counted)."""
+        return self._counts
+
+    @property
+    def n_zero(self) -> int:
+        """How many entries are forced to zero."""
+        return 0 if self.sign is None else int((self.sign == 0).sum())
+
+    def part(self, offset: int, shape: Shape) -> tuple[Tensor, Tensor | None]:
+        """Flat ``index`` and ``sign`` of the entries ``offset .. offset + prod(shape)`` (a
+        tensor's slice of a group's index space)."""
+        size = math.prod(shape)
+        index = self.index.reshape(-1)[offset : offset + size]
+        sign = None if self.sign is None else self.sign.reshape(-1)[offset : offset + size]
+        return index, sign
+
+    def materialize(self, theta: Tensor) -> Tensor:
+        """The full tensor ``theta[index] * sign`` for a free vector ``theta`` of length n_free."""
+        if theta.shape != (self.n_free,):
+            raise ShapeError(
+                f"expected a free vector of shape ({self.n_free},), got {tuple(theta.shape)}"
+            )
+        sign = None if self.sign is None else self.sign.to(theta.device, theta.dtype)
+        return gather(theta, self.index.reshape(-1).to(theta.device), sign, self.shape)
+
+    def project(self, weight: Tensor) -> Tensor:
+        """The free vector of the orthogonal projection of ``weight`` onto the tied subspace.
+
+        Each free parameter is the signed mean of its class (accumulated in float64, returned
+        in ``weight``'s dtype); ``materialize(project(W))`` is the closest tensor to ``W`` (in
+        the Frobenius norm) that satisfies the tie, and is ``W`` itself when ``W`` satisfies it.
+        """
+        if tuple(weight.shape) != self.shape:
+            raise ShapeError(f"expected a tensor of shape {self.shape}, got {tuple(weight.shape)}")
+        return self.project_parts([(0, weight)])[0].to(weight.dtype)
+
+    def project_parts(self, parts: Sequence[tuple[int, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Class means over several tensors at once, each at its flat ``offset`` of this
+        layout's index space (a group's dense checkpoint). Returns ``(theta, covered)`` in the
+        accumulation dtype, as :func:`signed_class_means`."""
+        device = parts[0][1].device
+        indices, signs, values = [], [], []
+        for offset, tensor in parts:
+            index, sign = self.part(offset, tuple(tensor.shape))
+            indices.append(index.to(device))
+            signs.append(None if sign is None else sign.to(device))
+            values.append(tensor.detach().reshape(-1))
+        sign = None if self.sign is None else torch.cat([s for s in signs if s is not None])
+        dtype = accumulation_dtype(device)
+        flat = torch.cat([v.to(device, dtype) for v in values])
+        return signed_class_means(torch.cat(indices), sign, flat, self.n_free)
+
+    def initial_theta(self, tensor: Tensor, init: Init = "project") -> tuple[Tensor, float]:
+        """The free vector a tie starts from, in ``tensor``'s dtype, and the relative projection
+        error of ``tensor`` (``tensor`` covers this layout's whole index space).
+
+        ``"project"``: the orthogonal projection. ``"preserve_std"``: that projection scaled by
+        ``sqrt(class size)``, so i.i.d. entries of a fresh layer keep their standard deviation.
+        """
+        with torch.no_grad():
+            theta, _ = self.project_parts([(0, tensor)])
+            sign = None if self.sign is None else self.sign.to(theta.device, tensor.dtype)
+            index = self.index.reshape(-1).to(theta.device)
+            projected = gather(theta.to(tensor.dtype), index, sign, tuple(tensor.shape))
+            error = relative_error(tensor, projected)
+            if init == "preserve_std":
+                theta = theta * self.class_sizes.to(theta).clamp_min(1).sqrt()
+        return theta.to(tensor.dtype), error
+
+    def __repr__(self) -> str:
+        zeros = f", n_zero={self.n_zero}" if self.sign is not None else ""
+        return f"TieLayout(shape={self.shape}, n_free={self.n_free}{zeros})"
+
+
+def _as_count(value: Any, what: str) -> int:
+    """A non-negative int; bools, floats and other non-integers are refused, not truncated."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        count = operator.index(value)
+    except TypeError:
+        raise TieTypeError(f"{what} must be an int, got {value!r}") from None
+    if count < 0:
+        raise ShapeError(f"{what} must be >= 0, got {count}")
+    return count
+
+
+def check_init(init: object) -> None:
+    if init not in ("project", "preserve_std"):
+        raise DeclarationError(f"init must be 'project' or 'preserve_std', got {init!r}")

@@ -1,0 +1,131 @@
+"""Every place tietorch relies on torch internals, in one module.
+
+Tested with torch 2.2 (the declared minimum) through 2.13. Public APIs are used wherever they
+exist (``parametrize.type_before_parametrizations``, ``parametrize.is_parametrized``,
+``register_parametrization``); what remains works around two behaviours of
+``torch.nn.utils.parametrize`` that have no public switch:
+
+1. **Deepcopy shares the generated class.** ``register_parametrization`` swaps the module's
+   class for a generated ``Parametrized<Cls>`` holding one property per tensor, whose closure
+   points at the *original* module. ``copy.deepcopy`` keeps that class, so under
+   ``parametrize.cached()`` the copy returns the original's weight, and removing a
+   parametrization from the copy deletes the property the original still needs. Fix: a
+   ``__deepcopy__`` that gives the copy a class of its own and re-injects the properties with
+   parametrize's private ``_inject_property``. Guarded by
+   ``tests/test_toolchain.py::test_deepcopy_is_independent_under_cache_and_removal``,
+   ``tests/test_group.py::test_deepcopy_keeps_the_group_inside_the_copy``.
+2. **Parametrized modules refuse to pickle** (the generated class raises in ``__getstate__``),
+   so ``torch.save(model)`` fails. Fix: a ``__reduce_ex__`` that pickles the plain class plus
+   the names of the parametrized tensors and rebuilds the generated class on load with the
+   private ``_inject_new_class``/``_inject_property``. Guarded by
+   ``tests/test_toolchain.py::test_whole_model_torch_save_works_and_stays_tied``,
+   ``tests/test_toolchain.py::test_torch_save_of_a_lambda_tie_says_what_to_do``,
+   ``tests/test_group.py::test_group_checkpoints_safetensors_and_torch_save``.
+
+Also here: the optional import of ``DTensor`` (FSDP2's sharded parameters), absent from builds
+without ``torch.distributed``, and ``Module._register_load_state_dict_pre_hook`` (private on
+torch < 2.4, where the public ``register_load_state_dict_pre_hook`` does not exist).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+try:  # FSDP2 shards parameters as DTensors; a tie cannot gather from a shard
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - builds without torch.distributed
+    DTensor = ()  # type: ignore[assignment,misc]
+
+__all__: list[str] = []
+
+#: Called with the module before it is pickled; raise to refuse (set by the parametrization).
+PickleCheck = Callable[[nn.Module], None]
+_pickle_checks: list[PickleCheck] = []
+
+
+def original_class(module: nn.Module) -> type[nn.Module]:
+    """The module's class before parametrize replaced it (public API)."""
+    return parametrize.type_before_parametrizations(module)
+
+
+def register_load_pre_hook(module: nn.Module, hook: Callable[..., None]) -> None:
+    """A ``load_state_dict`` pre-hook that gets the module as its first argument and follows
+    deepcopies (``with_module=True``: the private spelling exists on every supported torch)."""
+    module._register_load_state_dict_pre_hook(hook, with_module=True)
+
+
+def add_pickle_check(check: PickleCheck) -> None:
+    if check not in _pickle_checks:
+        _pickle_checks.append(check)
+
+
+def own_class_behaviour(module: nn.Module) -> None:
+    """Give parametrize's generated class a correct deepcopy and a working pickle (1. and 2.
+    above). Idempotent per generated class."""
+    cls = type(module)
+    if cls.__dict__.get("_tietorch_class", False):
+        return
+    cls._tietorch_class = True  # type: ignore[attr-defined]
+    cls.__deepcopy__ = _deepcopy_parametrized  # type: ignore[attr-defined]
+    cls.__reduce_ex__ = _reduce_parametrized  # type: ignore[assignment,method-assign]
+
+
+def _deepcopy_parametrized(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    cls = type(self)
+    replica = cls.__new__(cls)
+    memo[id(self)] = replica
+    replica.__dict__ = copy.deepcopy(self.__dict__, memo)
+    # A class of its own, with properties bound to the replica (parametrize's own injector).
+    members = {
+        k: v
+        for k, v in cls.__dict__.items()
+        if not isinstance(v, property) and k not in ("__dict__", "__weakref__")
+    }
+    replica.__class__ = type(cls.__name__, cls.__bases__, members)
+    for name in parametrization_lists(replica):
+        parametrize._inject_property(replica, name)
+    return replica
+
+
+def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple[Any, ...]:
+    # Pickle as the plain class plus the parametrized tensors' names; unpickling rebuilds the
+    # generated class.
+    for check in _pickle_checks:
+        check(self)
+    base = original_class(self)
+    return _rebuild_parametrized, (base, tuple(parametrization_lists(self))), dict(self.__dict__)
+
+
+def _rebuild_parametrized(base: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
+    module = base.__new__(base)
+    parametrize._inject_new_class(module)
+    own_class_behaviour(module)
+    for name in names:
+        parametrize._inject_property(module, name)
+    return module
+
+
+def parametrization_lists(module: nn.Module) -> nn.ModuleDict:
+    """``module.parametrizations``, typed (``nn.Module.__getattr__`` is typed loosely)."""
+    lists = module.parametrizations
+    assert isinstance(lists, nn.ModuleDict)
+    return lists
+
+
+def parametrization_list(module: nn.Module, name: str) -> parametrize.ParametrizationList:
+    """``module.parametrizations[name]``, typed."""
+    plist = parametrization_lists(module)[name]
+    assert isinstance(plist, parametrize.ParametrizationList)
+    return plist
+
+
+def original(plist: nn.Module) -> Tensor:
+    """The tensor a ParametrizationList holds as ``original`` (a tie's free vector)."""
+    tensor = plist.original
+    assert isinstance(tensor, Tensor)
+    return tensor
