@@ -12,6 +12,7 @@ from ._layout import gather, relative_error
 from ._parametrization import TieParametrization
 from ._register import _tied_tensors
 from ._torch_compat import original, parametrization_list
+from ._transaction import all_or_nothing
 from .errors import CheckpointError, TieTypeError
 
 __all__ = ["dense_state_dict", "load_dense_state_dict"]
@@ -144,5 +145,6 @@ def load_dense_state_dict(
         dense_key: relative_error(dense, gather(thetas[key], param.index, param.sign, param.shape))
         for dense_key, dense, param, key in loaded
     }
-    model.load_state_dict(converted, strict=strict)
+    with all_or_nothing([model], copy_values=True):  # load_state_dict copies in place
+        model.load_state_dict(converted, strict=strict)
     return errors

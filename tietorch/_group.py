@@ -23,6 +23,7 @@ from ._parametrization import GroupMembership, TieParametrization, _install
 from ._register import _log, _prepare, _refuse_shared, _tieable, register_tie
 from ._tie import Tie, _evaluate_relations, _grids, check_size
 from ._torch_compat import parametrization_list
+from ._transaction import all_or_nothing
 from .errors import DeclarationError, ShapeError, TargetError, TieTypeError, _context
 
 __all__ = ["tie_tensors", "tie_model"]
@@ -260,7 +261,8 @@ def tie_tensors(
     """
     check_init(init)
     group = _solve_group(tensors, relation, sign, ties, model, init)
-    _install_group(group)
+    with all_or_nothing([module for module, *_ in group.members]):
+        _install_group(group)
     return group.error
 
 
@@ -328,9 +330,10 @@ def tie_model(
         singles.append((name, module, tensor_name, tie))
 
     errors: dict[str, float] = {}
-    for (names, _), group in zip(groups, solved):
-        _install_group(group)
-        errors[names[0]] = group.error
-    for name, module, tensor_name, tie in singles:
-        errors[name] = register_tie(module, tensor_name, tie, init=init)
+    with all_or_nothing([model]):
+        for (names, _), group in zip(groups, solved):
+            _install_group(group)
+            errors[names[0]] = group.error
+        for name, module, tensor_name, tie in singles:
+            errors[name] = register_tie(module, tensor_name, tie, init=init)
     return errors

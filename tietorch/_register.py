@@ -13,6 +13,7 @@ from ._layout import Init, TieLayout, check_init
 from ._parametrization import TieParametrization, _install, _label, _tie_of
 from ._tie import Tie, solved_layout
 from ._torch_compat import parametrization_list, parametrization_lists
+from ._transaction import all_or_nothing
 from .errors import TargetError, TieTypeError, _context
 
 __all__ = ["register_tie", "remove_tie", "bake", "tie_modules"]
@@ -156,7 +157,8 @@ def register_tie(module: nn.Module, name: str, tie: Tie, *, init: Init = "projec
     where = _label(module, name)
     param = TieParametrization(tie, layout, tensor)
     theta, error = layout.initial_theta(tensor, init)
-    _install(module, name, param, theta)
+    with all_or_nothing([module]):
+        _install(module, name, param, theta)
     param.projection_error = error
     _log.info(
         "tied %s with %r: %d -> %d parameters, relative projection error %.3g",
@@ -195,14 +197,15 @@ def remove_tie(module: nn.Module, name: str) -> None:
             f"{len(followers)} other tensor(s) still read; remove_tie those first, or bake(model)"
         )
     owner = param.follows
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    if owner is not None and group is not None:
-        # Its placeholder was a buffer, so parametrize restored a buffer: give back what the
-        # tensor was before it joined the group.
-        if not group.was_buffer:
+    with all_or_nothing([module]):
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        if owner is not None and group is not None and not group.was_buffer:
+            # Its placeholder was a buffer, so parametrize restored a buffer: give back what
+            # the tensor was before it joined the group.
             value = module._buffers.pop(name)
             assert value is not None
             module.register_parameter(name, nn.Parameter(value.detach(), group.requires_grad))
+    if owner is not None and group is not None:  # last: nothing below can fail
         lead = owner[0]
         assert isinstance(lead, TieParametrization) and lead.group is not None
         lead.group.followers.discard(param)
@@ -237,8 +240,9 @@ def bake(model: nn.Module) -> nn.Module:
             )
     # Members of a group read their owner's free vector: untie them before the owner.
     tied.sort(key=lambda item: item[3].follows is None)
-    for _, module, name, _ in tied:
-        remove_tie(module, name)
+    with all_or_nothing([model]):
+        for _, module, name, _ in tied:
+            remove_tie(module, name)
     return model
 
 
@@ -286,4 +290,7 @@ def tie_modules(
         with _context(f"tie_modules: module '{qualname}'"):
             _prepare(module, name, tie)
     _refuse_shared(model, [f"{q}.{name}" if q else name for q, _ in targets], "tie_modules")
-    return {qualname: register_tie(module, name, tie, init=init) for qualname, module in targets}
+    with all_or_nothing([model]):
+        return {
+            qualname: register_tie(module, name, tie, init=init) for qualname, module in targets
+        }
