@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tietorch
-from tietorch import cli
+from tietorch.cli import _bench
 from tietorch.cli import CLIError, main, parse_shape, parse_tie
 
 REPO = Path(__file__).resolve().parent.parent
@@ -362,21 +362,21 @@ def test_check_in_a_subprocess_with_pythonpath(tmp_path: Path) -> None:
 
 
 def test_bench_without_the_benchmarks_directory(capsys, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path / "benchmarks")
+    monkeypatch.setattr(_bench, "benchmarks_dir", lambda: tmp_path / "benchmarks")
     code, _, err = run(capsys, "bench", "--quick")
     assert code == 2
     assert "no benchmarks" in err and "source checkout" in err
 
 
 def test_bench_runs_the_benchmarks_module(capsys, monkeypatch) -> None:
-    assert (cli.benchmarks_dir() / "__main__.py").is_file()  # this is a source checkout
+    assert (_bench.benchmarks_dir() / "__main__.py").is_file()  # this is a source checkout
     calls = []
 
     def fake_run(command, **kwargs):
         calls.append((command, kwargs))
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(_bench.subprocess, "run", fake_run)
     code, _, _ = run(capsys, "bench", "--quick")
     assert code == 0
     ((command, kwargs),) = calls

@@ -10,6 +10,7 @@ True
 from ._checkpoint import dense_state_dict, load_dense_state_dict
 from ._group import tie_model, tie_tensors
 from ._parametrization import TieParametrization
+from ._render import plot_layout, render_layout
 from ._register import bake, register_tie, remove_tie, tie_modules
 from ._summary import TieSummary, summary
 from ._tie import Tie, TieLayout
@@ -49,8 +50,10 @@ __all__ = [
     "bake",
     "dense_state_dict",
     "load_dense_state_dict",
+    "plot_layout",
     "register_tie",
     "remove_tie",
+    "render_layout",
     "summary",
     "tie_model",
     "tie_modules",
