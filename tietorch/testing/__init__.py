@@ -23,7 +23,8 @@ check_tie then checks the closed form against that declaration. A tie that overr
 Example:
     >>> from tietorch import KernelSymmetry
     >>> from tietorch.testing import check_tie
-    >>> check_tie(KernelSymmetry("D4"), max_examples=10)
+    >>> print(check_tie(KernelSymmetry("D4"), max_examples=10))  # doctest: +ELLIPSIS
+    check_tie passed: KernelSymmetry('D4'), 10 examples on ... shapes (2 to 4 dims, ...
 """
 
 try:
@@ -34,6 +35,15 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
     ) from error
 
 from . import strategies
-from ._check import RANK_CHECK_MAX_NUMEL, check_tie
+from ._check import RANK_CHECK_MAX_NUMEL, SHAPES_PER_EXAMPLE, check_tie
+from ._report import CheckReport, Minimality, ShapeReport
 
-__all__ = ["RANK_CHECK_MAX_NUMEL", "check_tie", "strategies"]
+__all__ = [
+    "RANK_CHECK_MAX_NUMEL",
+    "SHAPES_PER_EXAMPLE",
+    "CheckReport",
+    "Minimality",
+    "ShapeReport",
+    "check_tie",
+    "strategies",
+]
