@@ -23,7 +23,13 @@ from typing import Any
 from .._tie import Tie
 from ._errors import CLIError
 
-__all__ = ["builtin_ties", "parse_shape", "parse_tie", "signature_text"]
+__all__ = [
+    "builtin_ties",
+    "literal_arguments",
+    "parse_shape",
+    "parse_tie",
+    "signature_text",
+]
 
 MAX_EXPRESSION_CHARS = 1000
 
@@ -79,16 +85,7 @@ def _build_tie(node: ast.expr, known: dict[str, type[Tie]]) -> Tie:
         return _instantiate(_tie_class(node, known), [], {})
     if isinstance(node, ast.Call):
         cls = _tie_class(node.func, known)
-        args = []
-        for arg in node.args:
-            if isinstance(arg, ast.Starred):
-                raise CLIError(f"not allowed in a tie expression: {ast.unparse(arg)!r}")
-            args.append(_literal(arg, cls))
-        kwargs = {}
-        for keyword in node.keywords:
-            if keyword.arg is None:
-                raise CLIError(f"not allowed in a tie expression: **{ast.unparse(keyword.value)}")
-            kwargs[keyword.arg] = _literal(keyword.value, cls)
+        args, kwargs = literal_arguments(node, cls.__name__)
         return _instantiate(cls, args, kwargs)
     raise CLIError(
         f"not allowed in a tie expression: {ast.unparse(node)!r}; use built-in ties called "
@@ -115,12 +112,28 @@ def _tie_class(node: ast.expr, known: dict[str, type[Tie]]) -> type[Tie]:
     return known[node.id]
 
 
-def _literal(node: ast.expr, cls: type[Tie]) -> Any:
+def literal_arguments(call: ast.Call, callee: str) -> tuple[list[Any], dict[str, Any]]:
+    """The positional and keyword arguments of ``call``, each a literal (``ast.literal_eval``:
+    numbers, strings, tuples, lists, dicts, sets, None, booleans); anything else is refused."""
+    args = []
+    for arg in call.args:
+        if isinstance(arg, ast.Starred):
+            raise CLIError(f"not allowed in a tie expression: {ast.unparse(arg)!r}")
+        args.append(_literal(arg, callee))
+    kwargs = {}
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            raise CLIError(f"not allowed in a tie expression: **{ast.unparse(keyword.value)}")
+        kwargs[keyword.arg] = _literal(keyword.value, callee)
+    return args, kwargs
+
+
+def _literal(node: ast.expr, callee: str) -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
         raise CLIError(
-            f"{cls.__name__}: arguments must be literals (numbers, strings, tuples, lists), "
+            f"{callee}: arguments must be literals (numbers, strings, tuples, lists), "
             f"got {ast.unparse(node)!r}"
         ) from None
 

@@ -69,6 +69,7 @@ examples:
   tietorch check my_ties:MyTie                        # shapes derived from check_shape
   tietorch check my_ties:make_tie --shape 4,4,3,3 --shape 2,2,5,5
   tietorch check path/to/ties.py:MY_TIE --max-examples 500
+  tietorch check "my_ties:NeedsArgs(2, sign=-1)"       # literal arguments, parsed with ast
 """,
     "bench": """\
 Runs `python -m benchmarks` in the source checkout the package is installed from (the

@@ -1,11 +1,13 @@
 """``MODULE:ATTR``: a user's tie, imported from a module on the path or a ``file.py``.
 
 The attribute may be a :class:`~tietorch.Tie` instance, a ``Tie`` subclass or a zero-argument
-callable returning one; ``attr`` may be dotted.
+callable returning one; ``attr`` may be dotted. ``MODULE:ATTR(args)`` calls it with literal
+arguments (``my_ties:NeedsArgs(2, sign=-1)``), parsed with :mod:`ast`: nothing is evaluated.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import importlib.util
@@ -13,23 +15,57 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._tie import Tie
 from ._errors import CLIError
-from ._expression import parse_tie, signature_text
+from ._expression import MAX_EXPRESSION_CHARS, literal_arguments, parse_tie, signature_text
 
-__all__ = ["as_tie", "load_object", "resolve_tie"]
+__all__ = ["as_tie", "call_tie", "load_object", "resolve_tie"]
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+# MODULE (dotted, or a path ending in .py) : ATTR (dotted), optionally followed by "(...)"
+_SPEC = re.compile(r"(?P<module>[^:()]+?):(?P<attr>[A-Za-z_][\w.]*)(?P<call>\s*\(.*)?", re.DOTALL)
 
 
-def _is_import_spec(text: str) -> bool:
-    module, sep, attr = text.strip().rpartition(":")
-    if not sep or not _DOTTED.fullmatch(attr):
-        return False
-    return bool(_DOTTED.fullmatch(module)) or module.endswith(".py")
+@dataclass(frozen=True)
+class _ImportSpec:
+    module: str
+    attr: str
+    args: list[Any] | None  # None: not called (ATTR); a list: ATTR(args, **kwargs)
+    kwargs: dict[str, Any]
+
+
+def _import_spec(text: str) -> _ImportSpec | None:
+    """``text`` as ``MODULE:ATTR`` or ``MODULE:ATTR(args)``, or None if it is not one."""
+    match = _SPEC.fullmatch(text.strip())
+    if match is None or not _DOTTED.fullmatch(match["attr"]):
+        return None
+    module = match["module"].strip()
+    if not (_DOTTED.fullmatch(module) or module.endswith(".py")):
+        return None
+    if match["call"] is None:
+        return _ImportSpec(module, match["attr"], None, {})
+    call_text = match["attr"] + match["call"]
+    if len(call_text) > MAX_EXPRESSION_CHARS:
+        raise CLIError(f"tie expression too long ({len(call_text)} > {MAX_EXPRESSION_CHARS})")
+    try:
+        call = ast.parse(call_text.strip(), mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as error:
+        message = getattr(error, "msg", None) or str(error) or type(error).__name__
+        raise CLIError(
+            f"cannot parse the arguments of {text.strip()!r} ({message}); expected e.g. "
+            "my_ties:NeedsArgs(2, sign=-1) with literal arguments"
+        ) from None
+    if not isinstance(call, ast.Call) or ast.unparse(call.func) != match["attr"]:
+        raise CLIError(
+            f"not allowed after MODULE:ATTR in {text.strip()!r}: only one call with literal "
+            "arguments, e.g. my_ties:NeedsArgs(2, sign=-1)"
+        )
+    args, kwargs = literal_arguments(call, f"{module}:{match['attr']}")
+    return _ImportSpec(module, match["attr"], args, kwargs)
 
 
 @contextlib.contextmanager
@@ -66,9 +102,9 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def load_object(spec: str) -> Any:
-    """Import ``module:attr`` (``attr`` may be dotted; ``module`` may be a ``.py`` path)."""
-    module_name, _, attr = spec.strip().rpartition(":")
+def load_object(module_name: str, attr: str) -> Any:
+    """Import ``module_name`` and return its ``attr`` (dotted; the module may be a ``.py``
+    path)."""
     try:
         if module_name.endswith(".py"):
             module = _import_file(Path(module_name))
@@ -84,6 +120,22 @@ def load_object(spec: str) -> Any:
         except AttributeError:
             raise CLIError(f"{module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+def call_tie(obj: Any, spec: str, args: list[Any], kwargs: dict[str, Any]) -> Tie:
+    """``obj(*args, **kwargs)``, which must give a tie (``spec`` names it in errors)."""
+    name = getattr(obj, "__name__", spec)
+    if not callable(obj):
+        raise CLIError(f"{spec}: {name} is a {type(obj).__name__}, which cannot be called")
+    try:
+        value = obj(*args, **kwargs)
+    except TypeError as error:
+        raise CLIError(f"{spec}: bad arguments for {name}{signature_text(obj)}: {error}") from None
+    except Exception as error:
+        raise CLIError(f"{spec}: calling {name} raised {type(error).__name__}: {error}") from None
+    if not isinstance(value, Tie):
+        raise CLIError(f"{spec}: {name}(...) returned a {type(value).__name__}, not a tietorch.Tie")
+    return value
 
 
 def as_tie(obj: Any, spec: str) -> Tie:
@@ -113,7 +165,16 @@ def as_tie(obj: Any, spec: str) -> Tie:
 
 
 def resolve_tie(text: str) -> Tie:
-    """A tie from a ``TIE`` argument: ``module:attr`` (imported) or a built-in expression."""
-    if _is_import_spec(text):
-        return as_tie(load_object(text), text.strip())
-    return parse_tie(text)
+    """A tie from a ``TIE`` argument: ``module:attr`` or ``module:attr(literal args)``
+    (imported), or an expression over the built-in ties."""
+    spec = _import_spec(text)
+    if spec is None:
+        return parse_tie(text)
+    obj = load_object(spec.module, spec.attr)
+    if spec.args is None:
+        return as_tie(obj, text.strip())
+    if isinstance(obj, Tie):
+        raise CLIError(f"{text.strip()}: {spec.attr} is already a tie; it takes no arguments")
+    if isinstance(obj, type) and not issubclass(obj, Tie):
+        raise CLIError(f"{text.strip()}: the class {spec.attr} is not a tietorch.Tie subclass")
+    return call_tie(obj, text.strip(), spec.args, spec.kwargs)
