@@ -10,8 +10,8 @@ True
 from ._checkpoint import dense_state_dict, load_dense_state_dict
 from ._group import tie_model, tie_tensors
 from ._parametrization import TieParametrization
-from ._render import plot_layout, render_layout
 from ._register import bake, register_tie, remove_tie, tie_modules
+from ._render import plot_layout, render_layout
 from ._summary import TieSummary, summary
 from ._tie import Tie, TieLayout
 from .layers import LocallyConnected1d, LocallyConnected2d, unshare
