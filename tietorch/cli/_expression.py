@@ -20,7 +20,7 @@ import inspect
 import re
 from typing import Any
 
-from .._tie import Tie
+from .._tie import AllOf, Tie
 from ._errors import CLIError
 
 __all__ = [
@@ -42,7 +42,8 @@ def builtin_ties() -> dict[str, type[Tie]]:
     for module in (tietorch.ties, tietorch):
         for name in getattr(module, "__all__", ()):
             obj = getattr(module, name, None)
-            if isinstance(obj, type) and issubclass(obj, Tie) and obj is not Tie:
+            # AllOf is the result of `a & b`, written with & in an expression
+            if isinstance(obj, type) and issubclass(obj, Tie) and obj not in (Tie, AllOf):
                 found[name] = obj
     return found
 
