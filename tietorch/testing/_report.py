@@ -59,7 +59,7 @@ class CheckReport:
         examples: how many Hypothesis examples ran (each checks several shapes).
         shapes: every distinct shape checked, smallest first.
 
-    Example:
+    Examples:
         >>> from tietorch import Toeplitz
         >>> from tietorch.testing import check_tie
         >>> report = check_tie(Toeplitz(), shapes=[(3, 3), (30, 30)], max_examples=3)
