@@ -15,9 +15,10 @@ import mkdocs_gen_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tietorch  # noqa: E402
-import tietorch.ties  # noqa: E402
-from public_api import public_modules, public_names  # noqa: E402
+from public_api import public_modules, public_names
+
+import tietorch
+import tietorch.ties
 
 # ------------------------------------------------------------------------ API reference
 
@@ -27,7 +28,9 @@ for module in public_modules():
         members = "".join(f"        - {member}\n" for member in public_names(module))
         page.write(
             f"# `{name}`\n\n::: {name}\n    options:\n      show_root_heading: false\n"
-            f"      members:\n{members}" if members else f"# `{name}`\n\n::: {name}\n"
+            f"      members:\n{members}"
+            if members
+            else f"# `{name}`\n\n::: {name}\n"
         )
 
 # ---------------------------------------------------------------------------- class maps

@@ -10,7 +10,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from public_api import missing_docstrings, undocumented_members  # noqa: E402
+from public_api import missing_docstrings, undocumented_members
 
 
 def on_pre_build(config: Any) -> None:
