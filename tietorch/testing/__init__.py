@@ -2,10 +2,11 @@
 
 Needs Hypothesis, which ``import tietorch`` does not: ``pip install "tietorch[testing]"``.
 
-:func:`check_tie` draws small shapes and random free vectors and checks that the tie's layout is
-well formed, satisfies the tie's declared key / relations, has exactly as many free parameters as
-the declared constraints leave (dense rank), projects orthogonally and passes gradients to every
-free parameter. Use it from a plain pytest test (not inside a ``@given`` test)::
+:func:`check_tie` draws shapes spread over the sizes the tie accepts (several per example) and
+random free vectors, and checks that the tie's layout is well formed, satisfies the tie's
+declared key / relations, has exactly as many free parameters as the declared constraints leave
+(dense rank; tietorch's solver on shapes too large for it), projects orthogonally and passes
+gradients to every free parameter. It returns a :class:`CheckReport` of what it checked. Use it from a plain pytest test (not inside a ``@given`` test)::
 
     from tietorch.testing import check_tie
 
