@@ -6,7 +6,8 @@ Needs Hypothesis, which ``import tietorch`` does not: ``pip install "tietorch[te
 random free vectors, and checks that the tie's layout is well formed, satisfies the tie's
 declared key / relations, has exactly as many free parameters as the declared constraints leave
 (dense rank; tietorch's solver on shapes too large for it), projects orthogonally and passes
-gradients to every free parameter. It returns a :class:`CheckReport` of what it checked. Use it from a plain pytest test (not inside a ``@given`` test)::
+gradients to every free parameter. It returns a :class:`CheckReport` of what it checked.
+Use it from a plain pytest test (not inside a ``@given`` test)::
 
     from tietorch.testing import check_tie
 
