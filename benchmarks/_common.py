@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -38,11 +41,32 @@ def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null while the profiler runs: its C++ side (kineto) writes
+    ``USDT: ... profiler_start`` / ``profiler_stop`` lines, and the CPU allocator warns that
+    blocks allocated before profiling have no deallocation event, straight to fd 2, past
+    Python's ``sys.stderr`` and ``warnings``; neither says anything about the benchmark."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_tensor_mib(step: Callable[[], object]) -> float:
     """Peak of the live-tensor total during ``step`` (profiler allocator events), in MiB."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _native_stderr_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         step()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())

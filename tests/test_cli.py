@@ -17,8 +17,7 @@ import pytest
 import torch
 
 import tietorch
-from tietorch import cli
-from tietorch.cli import CLIError, main, parse_shape, parse_tie
+from tietorch.cli import CLIError, _bench, main, parse_shape, parse_tie
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,6 +60,26 @@ class OverTies(Tie):
 
 WRONG = OverTies()
 NOT_A_TIE = 3
+
+
+class NeedsArgs(Tie):
+    """Symmetric (sign 1) or antisymmetric (sign -1) n x n matrices: needs n."""
+
+    def __init__(self, n, sign=1):
+        self.n, self.sign_value = n, sign
+
+    def relations(self, i, j):
+        return (j, i)
+
+    def sign(self, i, j):
+        return torch.full(torch.broadcast_shapes(i.shape, j.shape), self.sign_value)
+
+    def check_shape(self, shape):
+        if tuple(shape) != (self.n, self.n):
+            raise ValueError(f"NeedsArgs({self.n}) needs a {self.n}x{self.n} matrix")
+
+    def __repr__(self):
+        return f"NeedsArgs({self.n})"
 '''
 
 
@@ -298,9 +317,10 @@ def test_png(capsys, tmp_path: Path) -> None:
 def test_png_without_matplotlib(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     path = tmp_path / "tie.png"
-    code, _, err = run(capsys, "show", "SymmetricFlip", "--shape", "3,3,3,3", "--png", str(path))
-    assert code == 1 and not path.exists()
+    code, out, err = run(capsys, "show", "SymmetricFlip", "--shape", "3,3,3,3", "--png", str(path))
+    assert code == 2 and not path.exists()  # a setup error, like the other usage errors
     assert 'pip install "tietorch[plot]"' in err
+    assert number(field(out, "free parameters")) == 42  # the text layout is printed first
 
 
 # ----------------------------------------------------------------------------------- check
@@ -310,7 +330,46 @@ def test_check_passes_a_correct_tie(capsys, user_module: str) -> None:
     code, out, err = run(capsys, "check", f"{user_module}:GOOD", "--max-examples", "10")
     assert code == 0, err
     assert out.startswith("OK") and out.count("\n") == 1
-    assert "declared relations hold" in out and "minimal by dense rank" in out
+    assert "10 examples" in out
+    assert "declared relations hold" in out and "minimal by dense rank on" in out
+    # Flip only accepts (n, n, kh, kw): the line names 4-d shapes, not "1 to 4 dims"
+    assert "of 4 dims" in out and "1 to 4 dims" not in out
+
+
+def test_check_ok_line_names_the_solver_for_large_shapes(capsys, user_module: str) -> None:
+    code, out, err = run(
+        capsys, "check", f"{user_module}:GOOD", "--shape", "5,5,5,5", "--max-examples", "2"
+    )
+    assert code == 0, err
+    assert "shape 5x5x5x5" in out and "not over-tied by tietorch's solver on 1 shape" in out
+    assert "minimal by dense rank" not in out
+
+
+def test_check_a_tie_that_needs_arguments(capsys, user_module: str) -> None:
+    code, out, err = run(capsys, "check", f"{user_module}:NeedsArgs(2)", "--max-examples", "5")
+    assert code == 0, err
+    assert "NeedsArgs(2)" in out and "on shape 2x2;" in out  # the only shape it accepts
+    code, out, err = run(capsys, "show", f"{user_module}:NeedsArgs(3, sign=-1)", "--shape", "3,3")
+    assert code == 0, err
+    assert number(field(out, "free parameters")) == 3  # antisymmetric 3x3
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{module}:NeedsArgs(__import__('os'))", "arguments must be literals"),
+        ("{module}:NeedsArgs(2).mro()", "only one call with literal arguments"),
+        ("{module}:NeedsArgs(2)(3)", "only one call with literal arguments"),
+        ("{module}:NeedsArgs(*[2])", "not allowed"),
+        ("{module}:NeedsArgs(1, 2, 3)", "bad arguments for NeedsArgs"),
+        ("{module}:GOOD(2)", "already a tie"),
+        ("{module}:NeedsArgs(2", "cannot parse the arguments"),
+    ],
+)
+def test_arguments_are_literals_only(capsys, user_module: str, spec: str, message: str) -> None:
+    code, out, err = run(capsys, "check", spec.format(module=user_module))
+    assert code == 2 and out == "", err
+    assert message in err
 
 
 def test_check_with_shapes_and_a_factory(capsys, user_module: str) -> None:
@@ -326,7 +385,7 @@ def test_check_with_shapes_and_a_factory(capsys, user_module: str) -> None:
         "5",
     )
     assert code == 0, err
-    assert "3x3x3x3, 2x2x5x5" in out
+    assert "shapes 3x3x3x3, 2x2x5x5" in out  # smallest first
 
 
 def test_check_fails_a_wrong_tie(capsys, user_module: str) -> None:
@@ -362,21 +421,21 @@ def test_check_in_a_subprocess_with_pythonpath(tmp_path: Path) -> None:
 
 
 def test_bench_without_the_benchmarks_directory(capsys, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path / "benchmarks")
+    monkeypatch.setattr(_bench, "benchmarks_dir", lambda: tmp_path / "benchmarks")
     code, _, err = run(capsys, "bench", "--quick")
     assert code == 2
     assert "no benchmarks" in err and "source checkout" in err
 
 
 def test_bench_runs_the_benchmarks_module(capsys, monkeypatch) -> None:
-    assert (cli.benchmarks_dir() / "__main__.py").is_file()  # this is a source checkout
+    assert (_bench.benchmarks_dir() / "__main__.py").is_file()  # this is a source checkout
     calls = []
 
     def fake_run(command, **kwargs):
         calls.append((command, kwargs))
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(_bench.subprocess, "run", fake_run)
     code, _, _ = run(capsys, "bench", "--quick")
     assert code == 0
     ((command, kwargs),) = calls
@@ -432,3 +491,23 @@ def test_demo_fails_when_a_check_fails(capsys, monkeypatch) -> None:
 def test_demo_rejects_negative_seconds(capsys) -> None:
     code, _, err = run(capsys, "demo", "--seconds", "-1")
     assert code == 2 and "seconds" in err
+
+
+def test_memory_measurement_prints_no_profiler_noise() -> None:
+    """The profiler's C++ side writes USDT lines and a CPUAllocator warning to fd 2."""
+    code = (
+        "import torch\n"
+        "from benchmarks._common import peak_tensor_mib\n"
+        "x = torch.randn(64, 64, requires_grad=True)\n"
+        "held = [torch.randn(256, 256)]\n"
+        "def step():\n"
+        "    (x @ x).sum().backward()\n"
+        "    held.clear()  # frees a block allocated before profiling: the allocator warns\n"
+        "print(peak_tensor_mib(step) > 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    assert "USDT" not in result.stderr and "CPUAllocator" not in result.stderr, result.stderr

@@ -496,3 +496,92 @@ def test_over_tying_is_caught_beyond_the_dense_rank_limit():
 
     with pytest.raises(AssertionError, match=r"over-ties.*n_free = 1.*leave 59 free.*ties W\["):
         check_tie(ToeplitzButConstant(), shapes=[(30, 30)], max_examples=2)
+
+
+# ----------------------------------------------------------- the report, and the defaults
+
+
+def toeplitz_free(shape):
+    """Toeplitz on the last two dims: one parameter per diagonal, per batch entry."""
+    return math.prod(shape[:-2]) * (shape[-2] + shape[-1] - 1)
+
+
+def test_report_says_what_was_checked():
+    report = check_tie(tt.Toeplitz(), shapes=[(3, 3), (2, 4, 5), (30, 30)], max_examples=4)
+    assert report.declaration == "key" and report.examples >= 4
+    assert [s.shape for s in report.shapes] == [(3, 3), (2, 4, 5), (30, 30)]
+    for s in report.shapes:
+        assert s.n_free == toeplitz_free(s.shape)
+        assert s.minimality == ("dense rank" if math.prod(s.shape) <= 400 else "solver")
+        assert s.examples >= 1
+    summary = report.summary()
+    assert "minimal by dense rank on 2 shapes (9 to 40 entries)" in summary
+    assert "not over-tied by tietorch's solver on 1 shape (900 entries" in summary
+    layout_only = check_tie(Constant(), shapes=[(2, 2)], max_examples=2)
+    assert layout_only.declaration == "layout"
+    assert {s.minimality for s in layout_only.shapes} == {"not checked"}
+
+
+def default_shapes(tie):
+    """Every shape of 1 to 4 dims of sizes 1 to 5 the tie accepts: brute force."""
+    import itertools
+
+    found = []
+    for ndim in range(1, 5):
+        for shape in itertools.product(range(1, 6), repeat=ndim):
+            try:
+                tie.check_shape(shape)
+                tie.layout(shape)
+            except Exception:
+                continue
+            found.append(shape)
+    return found
+
+
+def test_default_shapes_are_spread_over_the_sizes():
+    report = check_tie(tt.Toeplitz(), seed=0)
+    # one size per shape check (a shape checked by k examples counts k times)
+    sizes = sorted(s.numel for s in report.shapes for _ in range(s.examples))
+    accepted = sorted(math.prod(s) for s in default_shapes(tt.Toeplitz()))
+    assert report.examples == 40 and len(sizes) == 160 and len(report.shapes) > 80
+    # each example checks a shape from every quarter of the accepted sizes
+    quartiles = [accepted[len(accepted) * q // 4] for q in (1, 2, 3)]
+    for low, high in zip([0, *quartiles], [*quartiles, accepted[-1] + 1]):
+        assert sum(low <= n < high for n in sizes) >= 30, (low, high)
+    assert sum(n >= 100 for n in sizes) >= 0.15 * len(sizes)  # 5-8% when drawn one at a time
+    for s in report.shapes:
+        assert s.n_free == toeplitz_free(s.shape)
+
+
+class ToeplitzWrongOn(tt.Toeplitz):
+    """Declares Toeplitz, but on the shapes in ``bad`` its layout ties every entry together."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad = frozenset(bad)
+
+    def layout(self, shape):
+        if tuple(shape) in self.bad:
+            return TieLayout(torch.zeros(shape, dtype=torch.long), 1)
+        return super().layout(shape)
+
+    def __repr__(self):
+        return f"ToeplitzWrongOn({len(self.bad)} shapes)"
+
+
+@pytest.mark.parametrize("which", ["largest", "random"])
+def test_defaults_catch_a_layout_wrong_on_a_few_percent_of_shapes(which):
+    import random
+
+    shapes = sorted(default_shapes(tt.Toeplitz()), key=math.prod)
+    assert len(shapes) == 775
+    bad = shapes[-25:] if which == "largest" else random.Random(1).sample(shapes, 25)  # 3.2%
+    tie = ToeplitzWrongOn(bad)
+    caught = 0
+    for seed in range(20):
+        try:
+            check_tie(tie, seed=seed)
+        except AssertionError as error:
+            assert "over-ties" in str(error)
+            caught += 1
+    assert caught >= 19, f"caught in {caught} of 20 runs"

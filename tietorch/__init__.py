@@ -13,6 +13,7 @@ from ._group import tie_model, tie_tensors
 from ._layout import TieLayout
 from ._parametrization import TieParametrization
 from ._register import bake, register_tie, remove_tie, tie_modules
+from ._render import plot_layout, render_layout
 from ._summary import TieSummary, summary
 from ._tie import AllOf, Tie
 from .layers import LocallyConnected1d, LocallyConnected2d, unshare
@@ -53,8 +54,10 @@ __all__ = [
     "dense_state_dict",
     "errors",
     "load_dense_state_dict",
+    "plot_layout",
     "register_tie",
     "remove_tie",
+    "render_layout",
     "summary",
     "tie_model",
     "tie_modules",

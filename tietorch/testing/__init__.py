@@ -2,10 +2,12 @@
 
 Needs Hypothesis, which ``import tietorch`` does not: ``pip install "tietorch[testing]"``.
 
-:func:`check_tie` draws small shapes and random free vectors and checks that the tie's layout is
-well formed, satisfies the tie's declared key / relations, has exactly as many free parameters as
-the declared constraints leave (dense rank), projects orthogonally and passes gradients to every
-free parameter. Use it from a plain pytest test (not inside a ``@given`` test)::
+:func:`check_tie` draws shapes spread over the sizes the tie accepts (several per example) and
+random free vectors, and checks that the tie's layout is well formed, satisfies the tie's
+declared key / relations, has exactly as many free parameters as the declared constraints leave
+(dense rank; tietorch's solver on shapes too large for it), projects orthogonally and passes
+gradients to every free parameter. It returns a :class:`CheckReport` of what it checked.
+Use it from a plain pytest test (not inside a ``@given`` test)::
 
     from tietorch.testing import check_tie
 
@@ -23,7 +25,8 @@ check_tie then checks the closed form against that declaration. A tie that overr
 Example:
     >>> from tietorch import KernelSymmetry
     >>> from tietorch.testing import check_tie
-    >>> check_tie(KernelSymmetry("D4"), max_examples=10)
+    >>> print(check_tie(KernelSymmetry("D4"), max_examples=10))  # doctest: +ELLIPSIS
+    check_tie passed: KernelSymmetry('D4'), 10 examples on ... shapes (2 to 4 dims, ...
 """
 
 try:
@@ -34,6 +37,15 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
     ) from error
 
 from . import strategies
-from ._check import RANK_CHECK_MAX_NUMEL, check_tie
+from ._check import RANK_CHECK_MAX_NUMEL, SHAPES_PER_EXAMPLE, check_tie
+from ._report import CheckReport, Minimality, ShapeReport
 
-__all__ = ["RANK_CHECK_MAX_NUMEL", "check_tie", "strategies"]
+__all__ = [
+    "RANK_CHECK_MAX_NUMEL",
+    "SHAPES_PER_EXAMPLE",
+    "CheckReport",
+    "Minimality",
+    "ShapeReport",
+    "check_tie",
+    "strategies",
+]
