@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._classes import _RelationConstraint, solve
+from ._solver import _RelationConstraint, solve
 from ._parametrization import TieParametrization, _Followers, _install
 from ._register import (
     Init,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._classes import _KeyConstraint, _RelationConstraint, solve
+from ._solver import _KeyConstraint, _RelationConstraint, solve
 
 __all__ = ["Tie", "TieLayout"]
 

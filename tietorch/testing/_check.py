@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 from torch import Tensor
 
-from .._classes import solve
+from .._solver import solve
 from .._rank import constraint_matrix, solution_dimension
 from .._tie import (
     AllOf,
