@@ -1,10 +1,10 @@
-"""Computing the equivalence classes of a tie: vectorized connected components.
+"""Computing the equivalence classes of a tie: vectorized connected components with parity.
 
 A tie declares edges between the entries of a tensor: ``W[x] = s * W[g(x)]`` (relations) or
-"equal keys share one value". The classes are the connected components of that graph. Signs are
-handled on a *doubled* graph where each entry ``x`` has two nodes, ``+x`` (id ``x``) and ``-x``
-(id ``x + n``): ``W[x] = -W[y]`` joins ``+x`` with ``-y`` and ``-x`` with ``+y``. An entry is forced
-to zero exactly when its two nodes land in one component (``W[x] = -W[x]``).
+"equal keys share one value". The classes are the connected components of that graph, and each
+entry's sign relative to its class is the *parity* of the path that joins it to the class's
+representative. An entry is forced to zero exactly when its component holds a cycle of odd
+parity (then ``W[x] = -W[x]``).
 
 The components are found by hooking and contraction, in the spirit of Shiloach-Vishkin and
 FastSV (Zhang, Azad & Hu, 2020): every round hooks each *root* onto its smallest neighbouring
@@ -13,6 +13,11 @@ contracts the edges onto the roots, dropping those that became internal. Hooking
 keeps the number of rounds logarithmic: plain min-label propagation needs as many rounds as the
 longest orbit (a cyclic shift along an axis of 4096 is one orbit of 4096). Everything is
 whole-tensor torch ops: no Python loop over entries.
+
+Signs ride along as a parity per node (``W[x] = (-1)**parity[x] * W[parent[x]]``): pointer
+jumping composes parities with one XOR, and contracting an edge composes its parity with both
+endpoints'. So a signed tie costs one graph of ``n`` nodes, like an unsigned one, instead of a
+doubled graph of ``2n`` nodes (``+x`` and ``-x``) with twice the edges.
 """
 
 from __future__ import annotations
@@ -91,30 +96,173 @@ def _first_occurrence(labels: Tensor, n_labels: int) -> Tensor:
     return first.scatter_reduce_(0, labels, torch.arange(labels.numel()), "amin")
 
 
-def _compress(parent: Tensor) -> Tensor:
-    """Pointer jumping until every node points at its root (a forest of stars)."""
+class _Forest:
+    """A forest over ``n`` nodes, with a parity per node when signs are tracked.
+
+    Each node holds one integer ``code``: its parent, or, when ``signed``, ``2 * parent +
+    parity`` with ``W[x] = (-1)**parity * W[parent]``. An edge is stored the same way: its near
+    end a node id, its far end a code (``2 * node + parity`` when signed). With the parity in
+    the low bit, ``amin`` over codes still picks the smallest neighbouring root, and pointer
+    jumping composes parities with one XOR, so a signed solve runs the same passes over the same
+    ``n`` nodes as an unsigned one (an unsigned forest skips the bit work altogether).
+
+    ``roots`` lists the roots after the last :meth:`settle` (None before the first). Between
+    rounds only roots hook, so only they need pointer jumping: the other nodes keep a chain of
+    at most one link per round, resolved once by :meth:`compress` at the end. That keeps each
+    round's cost proportional to the roots and edges left, which shrink geometrically.
+    """
+
+    __slots__ = ("code", "roots", "signed")
+
+    def __init__(self, n_nodes: int, signed: bool) -> None:
+        self.signed = signed
+        self.code: Tensor = self.far(torch.arange(n_nodes), None)
+        self.roots: Tensor | None = None
+
+    # -- codes ---------------------------------------------------------------------------
+    def far(self, nodes: Tensor, odd: Tensor | None) -> Tensor:
+        """The code of an edge's far end (or a node's parent) ``nodes`` with parity ``odd``."""
+        if not self.signed:
+            return nodes
+        return nodes << 1 if odd is None else (nodes << 1) | odd
+
+    def node(self, code: Tensor) -> Tensor:
+        return code >> 1 if self.signed else code
+
+    def jump(self, code: Tensor, via: Tensor) -> Tensor:
+        """``code`` composed with ``via``, the code of its node: the grandparent, or the root
+        of an edge's far end, with the parities XORed."""
+        return via ^ (code & 1) if self.signed else via
+
+    # -- rounds --------------------------------------------------------------------------
+    def compress(self) -> None:
+        """Pointer jumping until every node points at its root (a forest of stars)."""
+        code = self.code
+        while True:
+            jumped = self.jump(code, code.index_select(0, self.node(code)))
+            if torch.equal(jumped, code):
+                break
+            code = jumped
+        self.code = code
+
+    def settle(self) -> None:
+        """After hooking: point every root of the last round at its new root, and list the
+        roots left."""
+        if self.roots is None:
+            self.compress()
+            nodes = torch.arange(len(self.code))
+            self.roots = torch.nonzero(self.node(self.code) == nodes).view(-1)
+            return
+        roots, code = self.roots, self.code
+        # the parent of a root of the last round is itself such a root: jumping stays in roots
+        up = code.index_select(0, roots)
+        while True:
+            jumped = self.jump(up, code.index_select(0, self.node(up)))
+            if torch.equal(jumped, up):
+                break
+            code.index_copy_(0, roots, jumped)
+            up = jumped
+        self.roots = roots[self.node(up) == roots]
+
+    def hook(self, u: Tensor, v: Tensor) -> None:
+        """Hook each root among the edges' ends onto its smallest neighbouring root.
+
+        Invariant: ``u`` and ``node(v)`` are roots. Labels only decrease, so the minimum of a
+        component stays a root for ever. Two edges between the same roots with different
+        parities close an odd cycle: ``amin`` keeps one, the other is found on contraction.
+        """
+        self.code.scatter_reduce_(0, u, v, "amin")
+        back = self.far(u, v & 1) if self.signed else u
+        self.code.scatter_reduce_(0, self.node(v), back, "amin")
+
+    def contract(self, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The edges moved onto the roots of their ends (after :meth:`settle`)."""
+        near = self.code.index_select(0, u)
+        far = self.code.index_select(0, self.node(v))
+        if not self.signed:
+            return near, far
+        return near >> 1, far ^ ((near ^ v) & 1)
+
+    def root_and_parity(self) -> tuple[Tensor, Tensor | None]:
+        """After :meth:`compress`: each node's root, and its parity (None when unsigned)."""
+        if not self.signed:
+            return self.code, None
+        return self.code >> 1, (self.code & 1).to(torch.int8)
+
+
+def _hook_and_contract(forest: _Forest, u: Tensor, v: Tensor, closed_odd: list[Tensor]) -> None:
+    """Finish the components of the star forest ``forest`` plus the edges ``u``-``v`` between
+    its roots (``v`` a far-end code).
+
+    Edges that close a cycle of odd parity are the contradictions: the root each closes on is
+    appended to ``closed_odd``.
+    """
     while True:
-        grandparent = parent.index_select(0, parent)
-        if torch.equal(grandparent, parent):
-            return parent
-        parent = grandparent
+        closed = u == forest.node(v)
+        if forest.signed:
+            closed_on_odd = closed & ((v & 1) == 1)
+            if bool(closed_on_odd.any()):
+                closed_odd.append(u[closed_on_odd])
+        keep = torch.nonzero(~closed).view(-1)
+        if not keep.numel():
+            return
+        if keep.numel() < u.numel():
+            u, v = u.index_select(0, keep), v.index_select(0, keep)
+        del keep, closed
+        forest.hook(u, v)
+        forest.settle()
+        u, v = forest.contract(u, v)
 
 
-def _hook_and_contract(parent: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """Finish the components of a star forest ``parent`` plus the edges ``u - v`` between roots."""
-    keep = u != v
-    u, v = u[keep], v[keep]
-    while u.numel():
-        # Invariant: u, v are roots. Each root hooks onto its smallest neighbouring root, so
-        # labels only decrease and the minimum of a component stays a root for ever.
-        parent.scatter_reduce_(0, u, v, "amin")
-        parent.scatter_reduce_(0, v, u, "amin")
-        parent = _compress(parent)
-        # Contract: an edge now joins the roots of its endpoints; edges inside a star are done.
-        u, v = parent.index_select(0, u), parent.index_select(0, v)
-        keep = u != v
-        u, v = u[keep], v[keep]
-    return parent
+def _components(
+    n_nodes: int, maps: list[tuple[int, Tensor, Tensor | None]], signed: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The components of the edges ``W[offset + x] = ±W[t[x]]``.
+
+    ``maps`` holds ``(offset, t, odd)`` with ``odd`` an int64 0/1 tensor (1: the relation has
+    sign -1; None: all +1). Returns each node's root (the smallest node of its component) and,
+    with ``signed``, its parity relative to the root and which roots close an odd cycle (their
+    classes are forced to zero).
+
+    Every relation and key gives one edge per entry it covers, so the first round needs no edge
+    list: hooking is an elementwise minimum, and the contracted edges are read off the forest.
+    """
+    forest = _Forest(n_nodes, signed)
+    code = forest.code
+    fars = []
+    for offset, target, odd in maps:
+        far = forest.far(target, odd)
+        near = code[offset : offset + len(target)]  # a view: hooking writes into code
+        torch.minimum(near, far, out=near)
+        back = forest.far(torch.arange(offset, offset + len(target)), odd)
+        code.scatter_reduce_(0, target, back, "amin")
+        del back
+        fars.append(far)
+    forest.settle()
+    us, vs = [], []
+    for (offset, target, _), far in zip(maps, fars):
+        near_code = forest.code[offset : offset + len(target)]
+        us.append(forest.node(near_code))
+        vs.append(
+            forest.jump(
+                far ^ (near_code & 1) if signed else far, forest.code.index_select(0, target)
+            )
+        )
+    del fars
+    u = torch.cat(us) if len(us) > 1 else us[0]
+    v = torch.cat(vs) if len(vs) > 1 else vs[0]
+    del us, vs
+    closed_odd: list[Tensor] = []
+    _hook_and_contract(forest, u, v, closed_odd)
+    del u, v
+    forest.compress()
+    root, parity = forest.root_and_parity()
+    if not signed:
+        return root, None, None
+    odd_root = torch.zeros(n_nodes, dtype=torch.bool)
+    if closed_odd:
+        odd_root[root.index_select(0, torch.cat(closed_odd))] = True
+    return root, parity, odd_root
 
 
 def connected_components(n_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
@@ -125,26 +273,11 @@ def connected_components(n_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
     >>> connected_components(5, torch.tensor([0, 3]), torch.tensor([2, 4])).tolist()
     [0, 1, 0, 3, 3]
     """
-    return _hook_and_contract(torch.arange(n_nodes), src, dst)
-
-
-def components_of_maps(n_nodes: int, maps: list[tuple[int, Tensor]]) -> Tensor:
-    """Like :func:`connected_components` for the edges ``offset + x  -  t[x]`` of each map.
-
-    Every relation and key gives one edge per entry it covers, so the first round needs no edge
-    list: hooking is an elementwise minimum, and the contracted edges are ``parent[offset + x]``
-    to ``parent[t[x]]``.
-    """
-    nodes = torch.arange(n_nodes)
-    parent = nodes.clone()
-    for offset, target in maps:
-        segment = parent[offset : offset + len(target)]
-        torch.minimum(segment, target, out=segment)
-        parent.scatter_reduce_(0, target, nodes[offset : offset + len(target)], "amin")
-    parent = _compress(parent)
-    u = torch.cat([parent[offset : offset + len(target)] for offset, target in maps])
-    v = torch.cat([parent.index_select(0, target) for _, target in maps])
-    return _hook_and_contract(parent, u, v)
+    forest = _Forest(n_nodes, signed=False)
+    forest.settle()
+    _hook_and_contract(forest, src, dst, [])
+    forest.compress()
+    return forest.code
 
 
 def _rank_of_representatives(rep: Tensor, live: Tensor | None) -> tuple[Tensor, int]:
@@ -165,10 +298,16 @@ def solve(
     Returns ``(index, n_free, sign)`` (flat): free parameters are numbered by the smallest flat
     index in their class, and that entry has sign +1. ``sign`` is None when no relation carries a
     sign, otherwise an int8 tensor of +1/-1/0 (0: forced to zero).
+
+    >>> index, n_free, sign = solve(3, [_RelationConstraint(torch.tensor([1, 0, 2]),
+    ...                                                     torch.tensor([-1, -1, -1]))])
+    >>> index.tolist(), n_free, sign.tolist()
+    ([0, 0, 0], 1, [1, -1, 0])
     """
-    maps: list[tuple[int, Tensor]] = []
+    maps: list[tuple[int, Tensor, Tensor | None]] = []
     signed = any(isinstance(c, _RelationConstraint) and c.sign is not None for c in constraints)
     for constraint in constraints:
+        odd = None
         if isinstance(constraint, _KeyConstraint):
             code, bound = _key_codes(constraint.parts, constraint.size)
             target = _first_occurrence(code, bound).index_select(0, code)
@@ -179,31 +318,18 @@ def solve(
             target = target + constraint.offset
         else:
             target = constraint.target
-        offset = constraint.offset
-        if not signed:
-            maps.append((offset, target))
-            continue
-        # Doubled graph: +x has id x, -x has id x + n; W[x] = -W[y] joins +x with -y.
-        flip = (
-            0
-            if isinstance(constraint, _KeyConstraint) or constraint.sign is None
-            else (constraint.sign < 0).to(torch.long) * n
-        )
-        maps.append((offset, target + flip))
-        maps.append((n + offset, target + n - flip))
+            if constraint.sign is not None:
+                odd = (constraint.sign < 0).to(torch.long)
+        maps.append((constraint.offset, target, odd))
 
-    if not signed:
-        labels = components_of_maps(n, maps)
-        index, n_free = _rank_of_representatives(labels, None)
+    root, parity, odd_root = _components(n, maps, signed)
+    if parity is None or odd_root is None:
+        index, n_free = _rank_of_representatives(root, None)
         return index, n_free, None
-
-    labels = components_of_maps(2 * n, maps)
-    a, b = labels[:n], labels[n:]
-    # The class of x is the pair {component of +x, component of -x}; its smallest node is the
-    # smallest entry of the class (a positive node), which gets sign +1.
-    live = a != b
-    sign = torch.where(a < b, 1, -1).to(torch.int8)
+    live_root = ~odd_root
+    index, n_free = _rank_of_representatives(root, live_root)
+    live = live_root.index_select(0, root)
+    sign = (1 - 2 * parity).to(torch.int8)
     sign[~live] = 0
-    index, n_free = _rank_of_representatives(torch.minimum(a, b), live)
     index[~live] = 0
     return index, n_free, sign
