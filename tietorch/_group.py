@@ -17,10 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._classes import _KeyConstraint, _RelationConstraint, solve
 from ._layout import Init, TieLayout, check_init
 from ._parametrization import GroupMembership, TieParametrization, _install
 from ._register import _log, _prepare, _refuse_shared, _tieable, register_tie
+from ._solver import _KeyConstraint, _RelationConstraint, solve
 from ._tie import Tie, _evaluate_relations, _grids, check_size
 from ._torch_compat import parametrization_list
 from ._transaction import all_or_nothing

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._classes import _KeyConstraint, _RelationConstraint, solve
 from ._layout import Shape, TieLayout
+from ._solver import _KeyConstraint, _RelationConstraint, solve
 from .errors import DeclarationError, ShapeError, TieTypeError, _context
 
 __all__ = ["AllOf", "Tie", "TieLayout"]

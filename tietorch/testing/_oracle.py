@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._classes import solve
 from .._rank import constraint_matrix
+from .._solver import solve
 from .._tie import Tie, TieLayout, _evaluate_key, _evaluate_relations, _grids, _layout_as_relation
 from ._diagnosis import _entry, _first, _max, _num
 

@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tietorch import Tie
-from tietorch._classes import connected_components
 from tietorch._rank import constraint_matrix, gather_matrix, solution_dimension
+from tietorch._solver import connected_components
 
 
 def union_find_min_labels(n, edges):
