@@ -65,7 +65,12 @@ def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
     if mode != "single":
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    net = make_autoencoder() if group else make_model()
+    build = make_autoencoder if group else make_model
+    if mode == "fsdp_meta":  # the large-model flow: declare on meta, shard, materialize, load
+        with torch.device("meta"):
+            net = build()
+    else:
+        net = build()
     model: nn.Module = net
     synced_buffers = -1
     if mode == "ddp":
@@ -81,6 +86,20 @@ def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
         for layer in units:
             fully_shard(layer, mesh=mesh)
         fully_shard(net, mesh=mesh)
+        if mode == "fsdp_meta":
+            from torch.distributed.tensor import DTensor, distribute_tensor
+
+            net.to_empty(device="cpu")
+            shards = net.state_dict()
+            full = build().state_dict()  # the weights every rank would read from a checkpoint
+            net.load_state_dict(
+                {
+                    k: distribute_tensor(v, shards[k].device_mesh, shards[k].placements)
+                    if isinstance(shards[k], DTensor)
+                    else v
+                    for k, v in full.items()
+                }
+            )
     x, y = batch(group)
     x, y = x.chunk(world)[rank], y.chunk(world)[rank]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -250,7 +250,7 @@ def single_process_reference(tmp_path_factory):
     return run_ranks("single", tmp_path_factory.mktemp("single"), world=1)[0]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "fsdp_meta"])
 def test_distributed_training_matches_one_process_on_the_full_batch(
     mode, tmp_path, single_process_reference
 ):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._layout import Init, TieLayout, check_init
+from ._layout import Init, TieLayout, check_init, on_cpu
 from ._parametrization import GroupMembership, TieParametrization, _install
 from ._register import _log, _prepare, _refuse_shared, _tieable, register_tie
 from ._solver import _KeyConstraint, _RelationConstraint, solve
@@ -101,6 +101,7 @@ def _per_follower(value: Any, followers: int, what: str) -> list[Any]:
     return [value] * followers
 
 
+@on_cpu
 def _solve_group(
     tensors: Sequence[TensorRef],
     relation: Relation | Sequence[Relation | None] | None,
@@ -210,6 +211,10 @@ def _install_group(group: _SolvedGroup) -> None:
         held = plist._parameters if "original" in plist._parameters else plist._buffers
         placeholder = held.pop("original")
         assert placeholder is not None
+        if placeholder.is_meta:  # empty, so never meta: loaders that fill only the state
+            # dict's keys into a meta-built model (accelerate's load_checkpoint_in_model) would
+            # leave it without data
+            placeholder = placeholder.new_zeros(0, device="cpu")
         plist.register_buffer("original", placeholder.detach(), persistent=False)
         owner_param.group.followers.add(param)
     labels = ", ".join(label for _, _, label, _ in group.members)

@@ -14,10 +14,11 @@ its tie is returned bit for bit (up to the sign of zero) and its projection erro
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
@@ -28,6 +29,21 @@ __all__ = ["TieLayout"]
 
 Shape = tuple[int, ...]
 Init = Literal["project", "preserve_std"]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def on_cpu(solve: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``solve`` with the CPU as default device: layouts are solved there whatever the
+    ambient default (``with torch.device("meta")`` or ``torch.set_default_device``, as
+    transformers and accelerate build models), where index grids would otherwise be made."""
+
+    @functools.wraps(solve)
+    def solved(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with torch.device("cpu"):
+            return solve(*args, **kwargs)
+
+    return solved
 
 
 def gather(theta: Tensor, index: Tensor, sign: Tensor | None, shape: Shape) -> Tensor:
@@ -129,14 +145,14 @@ class TieLayout:
 
     def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
         # The rules of a well-formed layout; every violation is raised from here.
-        index = torch.as_tensor(index)
+        index = torch.as_tensor(index, device="cpu")
         if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
             raise TieTypeError(f"TieLayout: index must be an integer tensor, got {index.dtype}")
         index = index.to(torch.long)
         n_free = _as_count(n_free, "TieLayout: n_free")
         live: Tensor | None = None
         if sign is not None:
-            sign = torch.as_tensor(sign)
+            sign = torch.as_tensor(sign, device="cpu")
             if sign.shape != index.shape:
                 raise ShapeError(
                     f"TieLayout: sign has shape {tuple(sign.shape)}, index has {tuple(index.shape)}"
@@ -246,7 +262,13 @@ class TieLayout:
 
         ``"project"``: the orthogonal projection. ``"preserve_std"``: that projection scaled by
         ``sqrt(class size)``, so i.i.d. entries of a fresh layer keep their standard deviation.
+
+        A meta tensor has no values: the free vector is an uninitialized meta tensor (filled by
+        ``to_empty()`` and ``load_state_dict`` or an initializer) and the error is ``nan``, not
+        computed.
         """
+        if tensor.is_meta:
+            return torch.empty(self.n_free, dtype=tensor.dtype, device=tensor.device), math.nan
         with torch.no_grad():
             theta, _ = self.project_parts([(0, tensor)])
             sign = None if self.sign is None else self.sign.to(theta.device, tensor.dtype)

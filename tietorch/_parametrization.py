@@ -127,7 +127,10 @@ class TieParametrization(nn.Module):
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         # Learn where `fn` sends a floating tensor of ours (device, and dtype for .half() etc.).
-        probe = fn(torch.empty(0, device=self.index.device, dtype=self._dtype))
+        try:
+            probe = fn(torch.empty(0, device=self.index.device, dtype=self._dtype))
+        except NotImplementedError:  # a copy out of the meta device: ask where a CPU tensor goes
+            probe = fn(torch.empty(0, device="cpu", dtype=self._dtype))
         self._place(probe.device, probe.dtype)
         return super()._apply(fn, recurse)
 
@@ -141,6 +144,10 @@ class TieParametrization(nn.Module):
                 "weights inside forward or after module.unshard(), and keep every tensor of a "
                 "tie group inside one FSDP unit (fully_shard their common parent)"
             )
+        if theta.device != self.index.device:
+            # The free vector was moved without Module._apply (accelerate's
+            # set_module_tensor_to_device fills meta-built models that way): follow it.
+            self._place(theta.device, self._dtype)
         return gather(theta, self.index, self.sign, self.shape)
 
     def right_inverse(self, weight: Tensor) -> Tensor:

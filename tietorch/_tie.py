@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._layout import Shape, TieLayout
+from ._layout import Shape, TieLayout, on_cpu
 from ._solver import _KeyConstraint, _RelationConstraint, solve
 from .errors import DeclarationError, ShapeError, TieTypeError, _context
 
@@ -88,6 +88,7 @@ class Tie:
 
     # ------------------------------------------------------------------ solving
 
+    @on_cpu
     def layout(self, shape: Sequence[int]) -> TieLayout:
         """The classes of this tie on ``shape``: a :class:`TieLayout` (cached per shape).
 
@@ -284,7 +285,7 @@ def check_size(tie: Any, shape: Shape) -> None:
 def solved_layout(tie: Tie, shape: Shape) -> TieLayout:
     """``tie.layout(shape)``, checked: a user's ``layout()`` override must return a
     :class:`TieLayout` of ``shape``."""
-    layout = tie.layout(shape)
+    layout = on_cpu(tie.layout)(shape)  # an override of layout() is solved on the CPU too
     if not isinstance(layout, TieLayout):
         raise DeclarationError(
             f"{tie!r}: layout({shape}) returned a {type(layout).__name__}; expected a "
