@@ -34,6 +34,8 @@ from torch import Tensor, nn
 
 import tietorch
 
+from ._torch_compat import parametrization_list
+
 __all__ = ["build_model", "make_data", "run_demo"]
 
 STREAMS = 3  # input streams sharing one filter bank
@@ -116,9 +118,12 @@ def build_model(seed: int) -> DemoNet:
     tietorch.register_tie(model.mix, "weight", tietorch.SymmetricFlip())
     tietorch.register_tie(model.iso, "weight", tietorch.KernelSymmetry("D4"))
     with torch.no_grad():
-        for layer in (model.streams, model.mix, model.iso, model.local):
-            free = layer.parametrizations.weight.original
-            fan_in = math.prod(layer.weight.shape[-3:])  # in_channels * kh * kw
+        layers: tuple[nn.Module, ...] = (model.streams, model.mix, model.iso, model.local)
+        for layer in layers:
+            free = parametrization_list(layer, "weight").original
+            weight = layer.weight
+            assert isinstance(weight, Tensor)
+            fan_in = math.prod(weight.shape[-3:])  # in_channels * kh * kw
             free.normal_(0.0, math.sqrt(2.0 / fan_in))
     return model
 
@@ -134,6 +139,11 @@ class Check:
     tie: str
     expression: str
     holds: Callable[[DemoNet], bool]
+
+
+def _tensor(t: Tensor | None) -> Tensor:
+    assert t is not None
+    return t
 
 
 def _blocks_equal(t: Tensor, groups: int) -> bool:
@@ -167,7 +177,7 @@ def constraint_checks() -> list[Check]:
             "streams.bias",
             f"ShareAcrossGroups({STREAMS})",
             blocks.format("b"),
-            lambda m: _blocks_equal(m.streams.bias, STREAMS),
+            lambda m: _blocks_equal(_tensor(m.streams.bias), STREAMS),
         ),
         Check(
             "mix.weight",
@@ -194,7 +204,7 @@ def constraint_checks() -> list[Check]:
             "local.bias",
             "TileShare(2)",
             "b[i, j] == b[i % 2, j % 2]",
-            lambda m: _tiled(m.local.bias, 2),
+            lambda m: _tiled(_tensor(m.local.bias), 2),
         ),
     ]
 

@@ -48,7 +48,8 @@ Two implementations, same arithmetic:
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +61,11 @@ __all__: list[str] = []
 
 def is_compiling() -> bool:
     """Whether torch.compile is tracing (``torch.compiler.is_compiling`` is torch >= 2.3)."""
-    check = getattr(torch.compiler, "is_compiling", None)
+    check: Callable[[], bool] | None = getattr(torch.compiler, "is_compiling", None)
     if check is None:  # pragma: no cover - torch 2.2
-        from torch._dynamo import is_compiling as check
+        from torch._dynamo import is_compiling as dynamo_is_compiling
+
+        check = dynamo_is_compiling
     return bool(check())
 
 
@@ -82,13 +85,24 @@ def output_size(n: int, k: int, s: int, pad_lo: int, pad_hi: int, dil: int) -> i
     return (n + pad_lo + pad_hi - dil * (k - 1) - 1) // s + 1
 
 
-def make_geometry(in_size, kernel, stride, padding, dilation) -> Geometry:
+def make_geometry(
+    in_size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Geometry:
     """Build a ``Geometry``; ``padding`` is ``(top, bottom, left, right)``."""
     pt, pb, pl, pr = padding
     ho = output_size(in_size[0], kernel[0], stride[0], pt, pb, dilation[0])
     wo = output_size(in_size[1], kernel[1], stride[1], pl, pr, dilation[1])
     return Geometry(
-        tuple(in_size), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), (ho, wo)
+        (in_size[0], in_size[1]),
+        (kernel[0], kernel[1]),
+        (stride[0], stride[1]),
+        (pt, pb, pl, pr),
+        (dilation[0], dilation[1]),
+        (ho, wo),
     )
 
 
@@ -227,7 +241,7 @@ class _LocallyConnectedGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
     ) -> Tensor:
         b, c = x.shape[:2]
         ho, wo = g.out_size
@@ -275,7 +289,7 @@ class _LocallyConnectedGemm(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         xt, weight = ctx.saved_tensors
         g: Geometry = ctx.geometry
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -301,24 +315,26 @@ class _LocallyConnectedGemm(torch.autograd.Function):
             # a strided read into a small contiguous buffer: faster than whole-tensor
             # layout changes, and no grad_out-sized temporary
             gl.view(r1 - r0, wo, b, oc).copy_(grad_out[:, :, r0:r1].permute(2, 3, 0, 1))
-            if need_b:
+            if gb is not None:
                 torch.sum(gl, 1, out=gb[loc])
-            if need_w:
+            if gw is not None:
+                assert pbuf is not None
                 pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
                 torch.bmm(gl.transpose(1, 2), pt.transpose(1, 2), out=gw[loc])
-            if need_x:
+            if gxt is not None:
+                assert pbuf is not None
                 gpt = pbuf[: n * k * b].view(n, k, b)
                 torch.bmm(w[loc].transpose(1, 2), gl.transpose(1, 2), out=gpt)
                 _scatter_add(gxt, gpt, g, r0, r1)
         del gbuf, pbuf
         grad_x = grad_w = grad_b = None
-        if need_x:
+        if gxt is not None:
             gxt = gxt[pt_ : pt_ + h, pl_ : pl_ + w_in]
             fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
             grad_x = gxt.permute(3, 2, 0, 1).contiguous(memory_format=fmt)
-        if need_w:
+        if gw is not None:
             grad_w = gw.view(weight.shape)
-        if need_b:
+        if gb is not None:
             grad_b = gb.view(ho, wo, oc)
         return grad_x, grad_w, grad_b, None, None
 

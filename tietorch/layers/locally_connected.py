@@ -24,9 +24,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .._register import register_tie
 from .._tie import Tie
+from .._torch_compat import original, parametrization_list
 from ..ties.tile_share import TileShare
 from . import _lc_function as _lc
 
@@ -70,7 +72,7 @@ def _bias_tie(tie: Tie, weight_ndim: int) -> Tie | None:
     ]
     if not shares:
         return None
-    out = shares[0]
+    out: Tie = shares[0]
     for t in shares[1:]:
         out = out & t
     return out
@@ -81,6 +83,9 @@ class _LocallyConnectedNd(nn.Module):
 
     _n: int = 2
     _conv_name: str = "Conv2d"
+    weight: Tensor  # a Parameter, or the tied weight computed from its free vector
+    bias: Tensor | None
+    tie: Tie | None  # the weight's tie, as given at construction
 
     def __init__(
         self,
@@ -170,12 +175,13 @@ class _LocallyConnectedNd(nn.Module):
                 (self.dilation[0], 1),
             )
 
-        factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
-            torch.empty((*out, out_channels, in_channels, *self.kernel_size), **factory)
+            torch.empty(
+                (*out, out_channels, in_channels, *self.kernel_size), device=device, dtype=dtype
+            )
         )
         if bias:
-            self.bias = nn.Parameter(torch.empty((*out, out_channels), **factory))
+            self.bias = nn.Parameter(torch.empty((*out, out_channels), device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
@@ -206,9 +212,11 @@ class _LocallyConnectedNd(nn.Module):
 
     def _storage(self, name: str) -> Tensor | None:
         """The tensor that really holds ``name``: the free vector if tied, else the parameter."""
-        if hasattr(self, "parametrizations") and name in self.parametrizations:
-            return self.parametrizations[name].original
-        return getattr(self, name)
+        if parametrize.is_parametrized(self, name):
+            return original(parametrization_list(self, name))
+        tensor = getattr(self, name)
+        assert tensor is None or isinstance(tensor, Tensor)
+        return tensor
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialization, per location: every weight and bias entry is
@@ -227,7 +235,11 @@ class _LocallyConnectedNd(nn.Module):
 
     def implementation_for(self, batch_size: int, dtype: torch.dtype | None = None) -> str:
         """The implementation ``forward`` uses for this batch size (resolves ``"auto"``)."""
-        name, _ = self._plan(batch_size, dtype or self._storage("weight").dtype)
+        if dtype is None:
+            storage = self._storage("weight")
+            assert storage is not None  # a layer always has a weight
+            dtype = storage.dtype
+        name, _ = self._plan(batch_size, dtype)
         return name
 
     def _plan(self, batch: int, dtype: torch.dtype) -> tuple[str, int | None]:
@@ -472,6 +484,7 @@ def unshare(
     )
     with torch.no_grad():
         layer.weight.copy_(weight.expand_as(layer.weight))
-        if conv.bias is not None:
+        if conv.bias is not None and layer.bias is not None:
             layer.bias.copy_(conv.bias.detach().expand_as(layer.bias))
+    assert isinstance(layer, (LocallyConnected1d, LocallyConnected2d))
     return layer
