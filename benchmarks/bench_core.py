@@ -20,8 +20,9 @@ import tietorch as tt
 from benchmarks._common import interleaved_medians, table, training_step
 
 
-class SeedRedundant(nn.Module):
-    """The seed thread's approach: a full W0, symmetrized in every forward (redundant params)."""
+class RedundantWorkaround(nn.Module):
+    """The workaround in a forum question (https://discuss.pytorch.org/t/intra-layer-tied-weights-in-a-convolution-layer/15514):
+    a full W0, symmetrized in every forward (redundant parameters)."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -39,8 +40,12 @@ def bench_training(repeats: int) -> str:
     plain = nn.Conv2d(64, 64, 3, padding=1)
     tied = nn.Conv2d(64, 64, 3, padding=1)
     tt.register_tie(tied, "weight", tt.SymmetricFlip())
-    seed = SeedRedundant(plain)
-    models = {"plain Conv2d": plain, "tied (SymmetricFlip)": tied, "seed (W0+W0.T.flip)/2": seed}
+    workaround = RedundantWorkaround(plain)
+    models = {
+        "plain Conv2d": plain,
+        "tied (SymmetricFlip)": tied,
+        "workaround (W0+W0.T.flip)/2": workaround,
+    }
     train = interleaved_medians({k: training_step(m, x) for k, m in models.items()}, repeats)
 
     def evaluate(model: nn.Module):
@@ -50,13 +55,13 @@ def bench_training(repeats: int) -> str:
 
         return run
 
-    for m in (plain, tied, seed):
+    for m in (plain, tied, workaround):
         m.eval()
     evals = interleaved_medians(
         {
             "plain Conv2d": evaluate(plain),
             "tied, uncached": evaluate(tied),
-            "seed (W0+W0.T.flip)/2": evaluate(seed),
+            "workaround (W0+W0.T.flip)/2": evaluate(workaround),
         },
         repeats,
     )
@@ -78,7 +83,7 @@ def bench_training(repeats: int) -> str:
         "Conv2d(64, 64, 3, padding=1), x: 32x64x32x32, SGD; median of interleaved runs\n"
         + table(("mode", "variant", "ms", "vs plain"), rows)
         + f"\nparameters: plain {sum(p.numel() for p in plain.parameters()):,}, tied {free:,}, "
-        f"seed {sum(p.numel() for p in seed.parameters()):,}"
+        f"workaround {sum(p.numel() for p in workaround.parameters()):,}"
     )
 
 

@@ -1,6 +1,7 @@
-"""Stream sharing (seed 002): N input streams through one filter bank, outputs kept apart.
+"""Stream sharing: N input streams through one filter bank, outputs kept apart, as asked in
+https://discuss.pytorch.org/t/convolutional-layers-with-shared-weights-for-each-input-channel/36172.
 
-Compares the seed thread's loop-and-concatenate with a grouped convolution whose groups are tied
+Compares the forum thread's loop-and-concatenate with a grouped convolution whose groups are tied
 by ``ShareAcrossGroups`` (weight and bias), and with folding the streams into the batch:
 same output, same parameters; time (forward + backward) and peak live-tensor memory.
 
@@ -21,8 +22,8 @@ import tietorch as tt
 from benchmarks._common import interleaved_medians, peak_tensor_mib, table
 
 
-class SeedLoop(nn.Module):
-    """The seed thread: one Conv2d(1, bank) applied to each stream in a loop, concatenated."""
+class LoopAndCat(nn.Module):
+    """The forum thread's workaround: one Conv2d(1, bank) per stream in a loop, concatenated."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -63,16 +64,16 @@ def run(quick: bool) -> str:
     for batch, streams, bank, side in cases:
         conv = nn.Conv2d(1, bank, 3)
         variants = {
-            "seed loop + cat": SeedLoop(conv),
+            "loop + cat": LoopAndCat(conv),
             "grouped + ShareAcrossGroups": tied_grouped(conv, streams),
             "streams folded into batch": FoldIntoBatch(conv),
             "grouped, untied (kernel alone)": nn.Conv2d(streams, streams * bank, 3, groups=streams),
         }
         x = torch.randn(batch, streams, side, side)
-        reference = variants["seed loop + cat"](x)
+        reference = variants["loop + cat"](x)
         for name, model in variants.items():
             if "untied" not in name and not torch.allclose(model(x), reference, atol=1e-5):
-                raise AssertionError(f"{type(model).__name__} differs from the seed loop")
+                raise AssertionError(f"{type(model).__name__} differs from the loop")
 
         def step(model: nn.Module, x: torch.Tensor = x):
             def run_step() -> None:
@@ -84,7 +85,7 @@ def run(quick: bool) -> str:
         times = interleaved_medians(
             {k: step(m) for k, m in variants.items()}, repeats=5 if quick else 20
         )
-        base = times["seed loop + cat"]
+        base = times["loop + cat"]
         case = f"B={batch}, {streams} streams, bank {bank}, {side}x{side}"
         for name, model in variants.items():
             params = sum(p.numel() for p in model.parameters())

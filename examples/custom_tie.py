@@ -1,12 +1,13 @@
 """Writing your own tie, with a closed-form layout, and testing it in one line.
 
-The seed question's constraint ``W[i, j, a, b] = W[j, i, ks-1-a, ks-1-b]`` is declared as a
-relation; a hand-written ``layout`` computes the classes in closed form (each entry is paired
-with its image, and the pair reads the parameter of its smaller flat index) instead of by the
-generic search. ``tietorch.testing.check_tie`` then checks the closed form against the declared
-relation: constraint satisfied, minimal count (by dense rank), projection and gradients.
+The constraint ``W[i, j, a, b] = W[j, i, ks-1-a, ks-1-b]`` of a PyTorch forum question
+(https://discuss.pytorch.org/t/intra-layer-tied-weights-in-a-convolution-layer/15514) is
+declared as a relation; a hand-written ``layout`` computes the classes in closed form (each entry
+is paired with its image, and the pair reads the parameter of its smaller flat index) instead of
+by the generic search. ``tietorch.testing.check_tie`` then checks the closed form against the
+declared relation: constraint satisfied, minimal count (by dense rank), projection and gradients.
 
-A second version carries the mistake of the forum answer in the seed thread: it transposes the
+A second version carries the mistake of the answer posted in that thread: it transposes the
 kernel (``.t()``) where the constraint rotates it by 180 degrees. ``check_tie`` catches it and
 says which entry breaks which relation.
 

@@ -1,4 +1,6 @@
-"""N input streams through one shared filter bank, outputs kept apart (seed 002).
+"""N input streams through one shared filter bank, outputs kept apart.
+
+As asked in https://discuss.pytorch.org/t/convolutional-layers-with-shared-weights-for-each-input-channel/36172.
 
 The question applies one ``Conv1d(1, F, k)`` to each of N input streams in a Python loop and
 concatenates the results. tietorch writes the same layer as one grouped convolution,
@@ -140,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 5 if quick else 30
 
     conv = nn.Conv1d(1, bank, k, padding=k // 2)
-    seed = LoopAndCat(conv)
+    loop = LoopAndCat(conv)
     grouped = grouped_shared(conv, streams)
     fold = FoldIntoBatch(conv)
     models: dict[str, nn.Module] = {
-        "loop and cat (seed)": seed,
+        "loop and cat": loop,
         "grouped + ShareAcrossGroups": grouped,
         "fold streams into batch": fold,
         "N branches + tie_tensors": TiedBranches(conv, streams),
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(batch, streams, length)
     with torch.no_grad():
         outputs = {name: m(x) for name, m in models.items()}
-    reference = outputs["loop and cat (seed)"]
+    reference = outputs["loop and cat"]
     check(
         "grouped output == loop-and-cat output (allclose)",
         torch.allclose(outputs["grouped + ShareAcrossGroups"], reference, atol=1e-5),
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     check(
-        f"same trainable parameter count ({counts['loop and cat (seed)']})",
+        f"same trainable parameter count ({counts['loop and cat']})",
         len(set(counts.values())) == 1,
     )
     w = grouped.weight

@@ -1,4 +1,4 @@
-"""A self-adjoint convolution with the minimal number of parameters (seed 003).
+"""A self-adjoint convolution with the minimal number of parameters (https://discuss.pytorch.org/t/intra-layer-tied-weights-in-a-convolution-layer/15514).
 
 The question: a convolution weight with ``W[i, j, a, b] = W[j, i, k-1-a, k-1-b]``, without the
 redundant parameters of the workaround ``W = (W0 + W0.flip(2, 3).permute(1, 0, 2, 3)) / 2``.
@@ -35,7 +35,7 @@ def minimal_count(nf: int, k: int) -> int:
     return nf * (nf - 1) // 2 * k * k + nf * math.ceil(k * k / 2)
 
 
-class SeedRedundant(nn.Module):
+class RedundantWorkaround(nn.Module):
     """The question's workaround: a full ``W0``, symmetrized in every forward."""
 
     def __init__(self, w0: Tensor, padding: int) -> None:
@@ -59,7 +59,7 @@ def adjoint_gap(weight: Tensor, padding: int, x: Tensor, y: Tensor) -> float:
 
 
 def satisfies(weight: Tensor) -> bool:
-    """The seed's constraint, checked bit for bit."""
+    """The forum question's constraint, checked bit for bit."""
     return bool(torch.equal(weight, weight.transpose(0, 1).flip(2, 3)))
 
 
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     w0 = conv.weight.detach().clone()
     tietorch.register_tie(conv, "weight", tietorch.SymmetricFlip())
     tied_count = sum(p.numel() for p in conv.parameters())
-    seed_count = nf * nf * k * k
+    workaround_count = nf * nf * k * k
     print(
-        f"   tietorch: {tied_count:,} free parameters; the workaround trains {seed_count:,} "
-        f"({seed_count - tied_count:,} of them cannot change W)"
+        f"   tietorch: {tied_count:,} free parameters; the workaround trains {workaround_count:,} "
+        f"({workaround_count - tied_count:,} of them cannot change W)"
     )
     check("tietorch count == nf(nf-1)/2*k*k + nf*ceil(k*k/2)", tied_count == minimal_count(nf, k))
     for kk in (1, 3, 5, 7):
@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     check("an untied convolution is not", plain_gap > 1e-3)
 
     print("3. The projection at registration is the workaround's symmetrization")
-    seed = SeedRedundant(w0, pad)
+    workaround = RedundantWorkaround(w0, pad)
     check(
         "register_tie(W0) gives (W0 + W0.flip.permute) / 2",
-        torch.allclose(conv.weight, seed.weight(), atol=1e-7),
+        torch.allclose(conv.weight, workaround.weight(), atol=1e-7),
     )
 
     print(f"4. Training both for {steps} Adam steps to imitate a self-adjoint teacher")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     data = torch.randn(batch * 4, nf, size, size)
     with torch.no_grad():
         targets = teacher(data)
-    models = {"tietorch": conv, "workaround": seed}
+    models = {"tietorch": conv, "workaround": workaround}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-2) for name, m in models.items()}
     seconds = dict.fromkeys(models, 0.0)
     first = {}

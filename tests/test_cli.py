@@ -27,7 +27,7 @@ from tietorch import Tie, TieLayout
 
 
 class Flip(Tie):
-    """The seed thread's tie, declared by a relation."""
+    """The self-adjoint convolution tie (W[i,j,a,b] = W[j,i,-1-a,-1-b]), declared by a relation."""
 
     def relations(self, o, i, a, b):
         return (i, o, -1 - a, -1 - b)
@@ -169,7 +169,7 @@ def test_show_reports_the_library_counts(capsys, expression: str, shape: tuple) 
         assert re.search(rf"\b{count} (classes |class )?of size {size}\b", histogram), histogram
 
 
-def test_show_seed_tie_histogram_and_grid(capsys) -> None:
+def test_show_self_adjoint_tie_histogram_and_grid(capsys) -> None:
     code, out, _ = run(capsys, "show", "SymmetricFlip", "--shape", "2,2,3,3")
     assert code == 0
     assert field(out, "class sizes") == "17 classes of size 2, 2 of size 1"

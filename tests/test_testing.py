@@ -173,10 +173,11 @@ class NoGradient(WithLayoutClass):
     layout_class = DetachedLayout
 
 
-# ------------------------------------------------------- the seed thread's construction (003)
+# --------------------- a forum answer's hand-written construction
+# (https://discuss.pytorch.org/t/intra-layer-tied-weights-in-a-convolution-layer/15514)
 
 
-def seed_answer_weight(diff_chan_params, same_chan_params, nf):
+def forum_answer_weight(diff_chan_params, same_chan_params, nf):
     """The forum answer's construction of W from its parameters, kept as written except: ``/``
     became ``//`` (Python 2 integer division: in Python 3 ``nf*(nf-1)/2`` is a float and
     ``torch.rand`` refuses it, and ``same_chan_params[chan_in/2]`` is a float index), and the
@@ -208,11 +209,11 @@ def seed_answer_weight(diff_chan_params, same_chan_params, nf):
     return torch.stack(conv_params, 0)
 
 
-class SeedAnswer(Tie):
+class ForumAnswer(Tie):
     """The question's constraint ``W[i, j, a, b] = W[j, i, ks-1-a, ks-1-b]``, declared, with the
     layout the answer builds: its parameter vector is ``diff_chan_params`` (nf(nf-1)/2 kernels)
     then ``same_chan_params`` (ceil(nf/2) kernels), and entry x reads the parameter that
-    ``seed_answer_weight`` puts there (read off by evaluating it on ids and on ones; the answer's
+    ``forum_answer_weight`` puts there (read off by evaluating it on ids and on ones; the answer's
     factor 2 on the kernel diagonal of same-channel blocks is a rescaling, dropped).
 
     Its bugs, which check_tie catches (see the tests below):
@@ -245,7 +246,7 @@ class SeedAnswer(Tie):
         def weight(params):
             diff = params[: n_diff * ks * ks].view(n_diff, ks, ks)
             same = params[n_diff * ks * ks :].view(n_same, ks, ks)
-            return seed_answer_weight(diff, same, nf)
+            return forum_answer_weight(diff, same, nf)
 
         scale = weight(torch.ones(n_params, dtype=torch.float64))
         index = (weight(torch.arange(n_params, dtype=torch.float64)) / scale).round().long()
@@ -391,24 +392,24 @@ def test_projection_and_gradients_are_checked():
     assert "no gradient reaches theta" in message
 
 
-def test_the_seed_answers_construction_is_caught():
+def test_the_forum_answers_construction_is_caught():
     # ks = 1, nf = 2: no kernel to transpose, but channels 0 and 1 share the diagonal of one
     # kernel: the layout ties W[1, 1, 0, 0] to W[0, 0, 0, 0], which the constraint does not.
-    message = failure(SeedAnswer(), shapes=[(2, 2, 1, 1)], max_examples=3)
+    message = failure(ForumAnswer(), shapes=[(2, 2, 1, 1)], max_examples=3)
     assert "over-ties" in message and "n_free = 2" in message and "3-dimensional" in message
     assert "the layout ties W[1, 1, 0, 0] = +1 * W[0, 0, 0, 0]" in message
     # ks = 2: the transpose is not the 180° rotation the constraint asks for; the answer's count
     # happens to be the minimum here (8), so the message says it ties the wrong entries.
-    message = failure(SeedAnswer(), shapes=[(2, 2, 2, 2)], max_examples=3)
+    message = failure(ForumAnswer(), shapes=[(2, 2, 2, 2)], max_examples=3)
     assert "relation 0 does not hold: W[0, 0, 0, 0] =" in message
     assert "but sign * W[0, 0, 1, 1] = +1 *" in message
     assert "n_free = 8 is the dimension" in message and "ties the wrong entries" in message
     # odd nf: half of the last shared kernel is never read
-    message = failure(SeedAnswer(), shapes=[(1, 1, 2, 2)], max_examples=3)
+    message = failure(ForumAnswer(), shapes=[(1, 1, 2, 2)], max_examples=3)
     assert "shape (1, 1, 2, 2): the layout is malformed" in message
     assert "every free parameter must be used by some entry; unused: [2]" in message
     # with shapes derived from check_shape, Hypothesis finds and shrinks a counterexample
-    assert "check_tie: SeedAnswer() on shape (" in failure(SeedAnswer(), max_examples=30)
+    assert "check_tie: ForumAnswer() on shape (" in failure(ForumAnswer(), max_examples=30)
 
 
 def test_shapes_as_a_strategy():
