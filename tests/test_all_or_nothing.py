@@ -20,6 +20,9 @@ import tietorch as tt
 import tietorch._group
 import tietorch._parametrization
 import tietorch._register
+from tietorch.errors import CheckpointError
+from tietorch.layers import LocallyConnected1d, LocallyConnected2d
+from tietorch.ties import TileShare
 
 
 class Injected(RuntimeError):
@@ -69,6 +72,31 @@ def _dense_state() -> dict[str, torch.Tensor]:
     return tt.dense_state_dict(_tied_model())
 
 
+def _layers() -> nn.Module:
+    """The locally connected layers, tied through their own ``tie=`` (weight and bias)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        LocallyConnected2d(2, 3, 3, (6, 6), tie=TileShare(2) & tt.KernelSymmetry("D4")),
+        LocallyConnected1d(3, 2, 3, 4, tie=TileShare(2, dims=0)),
+    )
+
+
+def _dense_layers_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return tt.dense_state_dict(_layers())
+
+
+def _layers_checkpoint() -> dict[str, torch.Tensor]:
+    """A tied checkpoint of the layers, the first one's free vectors given as dense entries."""
+    torch.manual_seed(2)
+    state = _layers().state_dict()
+    dense = _dense_layers_state()
+    for name in ("weight", "bias"):
+        del state[f"0.parametrizations.{name}.original"]
+        state[f"0.{name}"] = dense[f"0.{name}"]
+    return state
+
+
 CALLS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], Any]]] = {
     "register_tie": (_model, lambda m: tt.register_tie(m["mix"], "weight", tt.Symmetric())),
     "tie_tensors": (
@@ -95,6 +123,15 @@ CALLS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], Any]]] = {
     "remove_tie": (_tied_model, lambda m: tt.remove_tie(m["mix"], "weight")),
     "bake": (_tied_model, tt.bake),
     "load_dense_state_dict": (_tied_model, lambda m: tt.load_dense_state_dict(m, _dense_state())),
+    "layers: load_dense_state_dict": (
+        _layers,
+        lambda m: tt.load_dense_state_dict(m, _dense_layers_state()),
+    ),
+    "layers: load_dense_state_dict, mixed checkpoint": (
+        _layers,
+        lambda m: tt.load_dense_state_dict(m, _layers_checkpoint()),
+    ),
+    "layers: bake": (_layers, tt.bake),
 }
 
 
@@ -169,3 +206,21 @@ def test_a_failure_at_any_step_leaves_every_module_as_it_was(name, monkeypatch):
             if n == total:
                 call(model)
     assert injected >= 2
+
+
+def test_a_refused_checkpoint_leaves_every_module_as_it_was():
+    """The tie identity check, in the middle of a load: nothing is written."""
+    model = _tied_model()
+    saved = _model()  # convs.1 tied with other classes of the same count (12 free parameters)
+    tt.tie_model(saved, {("enc.weight", "dec.weight"): lambda i, j: (j, i)})
+    tt.register_tie(saved["mix"], "weight", tt.Symmetric())
+    tt.register_tie(saved["convs"][0], "weight", tt.KernelSymmetry("D4"))
+    rows = tt.Tie.from_key(lambda o, i, r, c: (o, i, r), name="rows")
+    tt.register_tie(saved["convs"][1], "weight", rows)
+    state = saved.state_dict()
+    state["mix.weight"] = torch.randn(4, 4)  # a dense entry among the free vectors
+    del state["mix.parametrizations.weight.original"]
+    before = _snapshot(model)
+    with pytest.raises(CheckpointError, match=r"^convs\.1\.weight.*rows.*D4"):
+        tt.load_dense_state_dict(model, state)
+    _same(before, _snapshot(model))

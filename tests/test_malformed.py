@@ -63,6 +63,12 @@ def _tied_linear() -> nn.Linear:
     return lin
 
 
+def _tied_with(tie: tt.Tie) -> nn.Linear:
+    lin = nn.Linear(3, 3)
+    tt.register_tie(lin, "weight", tie)
+    return lin
+
+
 def _inference_linear() -> nn.Linear:
     with torch.inference_mode():
         return nn.Linear(3, 3)
@@ -94,7 +100,20 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], tuple[str, ...]]] = [
         DeclarationError,
         ("NaN", "finite", "(3, 3)"),
     ),
+    (
+        "key inf",
+        _register(_key(torch.full((3, 3), float("inf")))),
+        DeclarationError,
+        ("bad_key", "finite", "(3, 3)"),
+    ),
     ("sign None", _register(_sign(None)), TieTypeError, ("bad_sign", "NoneType")),
+    ("sign list", _register(_sign([1, -1])), DeclarationError, ("bad_sign", "2 signs", "(3, 3)")),
+    (
+        "sign uint64",
+        _register(_sign(torch.ones(3, 3, dtype=torch.uint64))),
+        TieTypeError,
+        ("bad_sign", "uint64", "int64"),
+    ),
     ("sign str", _register(_sign("-")), TieTypeError, ("bad_sign", "str")),
     ("sign complex", _register(_sign(torch.ones(3, 3) * 1j)), TieTypeError, ("complex",)),
     ("sign bool", _register(_sign(torch.ones(3, 3, dtype=torch.bool))), DeclarationError, ("+1",)),
@@ -115,6 +134,13 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], tuple[str, ...]]] = [
         lambda: tt.TieLayout(torch.tensor([0, 1]), 2.7),
         TieTypeError,
         ("n_free", "2.7"),
+    ),
+    ("n_free bool", lambda: tt.TieLayout(torch.tensor([0, 0]), True), TieTypeError, ("n_free",)),
+    (
+        "index bool",
+        lambda: tt.TieLayout(torch.tensor([True, False]), 1),
+        TieTypeError,
+        ("index", "integer", "bool"),
     ),
     (
         "huge shape",
@@ -173,6 +199,12 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], tuple[str, ...]]] = [
         lambda: tt.load_dense_state_dict(_tied_linear(), [1]),
         TieTypeError,
         ("mapping",),
+    ),
+    (
+        "checkpoint of another tie",
+        lambda: _tied_with(tt.Toeplitz()).load_state_dict(_tied_with(tt.Hankel()).state_dict()),
+        CheckpointError,
+        ("weight", "Hankel", "Toeplitz", "(3, 3)", "5 free parameters"),
     ),
     ("summary str", lambda: tt.summary("model"), TieTypeError, ("nn.Module", "str")),
     (

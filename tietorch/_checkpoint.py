@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import ParametrizationList
 
 from ._layout import gather, relative_error
-from ._parametrization import TieParametrization
+from ._parametrization import _METADATA_KEY, TieParametrization
 from ._register import _tied_tensors
 from ._torch_compat import original, parametrization_list
 from ._transaction import all_or_nothing
@@ -145,6 +147,24 @@ def load_dense_state_dict(
         dense_key: relative_error(dense, gather(thetas[key], param.index, param.sign, param.shape))
         for dense_key, dense, param, key in loaded
     }
+    loading: OrderedDict[str, Any] = OrderedDict(converted)
+    metadata = getattr(state_dict, "_metadata", None)
+    if isinstance(metadata, Mapping):
+        # Keep the checkpoint's metadata (module versions, and the identities of the free
+        # vectors it holds in tied form, checked on load), less the identities of the tensors
+        # loaded from dense entries: their free vectors were just made for this model's ties.
+        kept = OrderedDict(
+            (key, dict(value) if isinstance(value, Mapping) else value)
+            for key, value in metadata.items()
+        )
+        for dense_key, _, _, _ in loaded:
+            module_key, _, name = dense_key.rpartition(".")
+            record = kept.get(module_key)
+            if isinstance(record, dict) and isinstance(record.get(_METADATA_KEY), Mapping):
+                record[_METADATA_KEY] = {
+                    k: v for k, v in record[_METADATA_KEY].items() if k != name
+                }
+        loading._metadata = kept  # type: ignore[attr-defined]
     with all_or_nothing([model], copy_values=True):  # load_state_dict copies in place
-        model.load_state_dict(converted, strict=strict)
+        model.load_state_dict(loading, strict=strict)
     return errors

@@ -15,6 +15,7 @@ its tie is returned bit for bit (up to the sign of zero) and its projection erro
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -141,7 +142,7 @@ class TieLayout:
         tensor([1., 2., 3.])
     """
 
-    __slots__ = ("_counts", "_index", "_n_free", "_sign")
+    __slots__ = ("_counts", "_fingerprint", "_index", "_n_free", "_sign")
 
     def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
         # The rules of a well-formed layout; every violation is raised from here.
@@ -180,6 +181,7 @@ class TieLayout:
         self._n_free = n_free
         self._sign = sign
         self._counts = counts
+        self._fingerprint: str | None = None
 
     # Read-only: the class sizes (and every parametrization built from them) must stay valid.
     @property
@@ -278,6 +280,36 @@ class TieLayout:
             if init == "preserve_std":
                 theta = theta * self.class_sizes.to(theta).clamp_min(1).sqrt()
         return theta.to(tensor.dtype), error
+
+    def fingerprint(self, offset: int = 0, shape: Shape | None = None) -> str:
+        """A digest of what a free vector of this layout means: the shape, ``n_free``, every
+        entry's ``index`` and ``sign`` (all +1 counts as no sign) and, for a tensor of a group,
+        its ``offset`` and ``shape`` in the group's index space. Two layouts have the same
+        fingerprint exactly when the same free vector gives the same tensor, whatever the ties
+        were called.
+
+        Computed once per layout (a BLAKE2b hash of the index bytes), then cached.
+
+        >>> a = TieLayout(torch.tensor([[0, 1], [1, 2]]), 3)
+        >>> b = TieLayout(torch.tensor([[0, 1], [2, 0]]), 3)
+        >>> same = TieLayout(a.index.clone(), 3)
+        >>> a.fingerprint() == same.fingerprint(), a.fingerprint() == b.fingerprint()
+        (True, False)
+        """
+        whole = getattr(self, "_fingerprint", None)  # absent from layouts pickled before
+        if whole is None:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(repr(("tietorch-layout-1", self.shape, self.n_free)).encode())
+            digest.update(self.index.reshape(-1).contiguous().numpy().data)
+            if self.sign is not None and not bool((self.sign == 1).all()):  # all +1: no sign
+                digest.update(b"sign")
+                digest.update(self.sign.reshape(-1).contiguous().numpy().data)
+            whole = digest.hexdigest()
+            self._fingerprint = whole
+        part = self.shape if shape is None else tuple(shape)
+        if offset == 0 and part == self.shape:
+            return whole
+        return hashlib.blake2b(repr((whole, offset, part)).encode(), digest_size=16).hexdigest()
 
     def __repr__(self) -> str:
         zeros = f", n_zero={self.n_zero}" if self.sign is not None else ""

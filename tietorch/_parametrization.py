@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakSet
@@ -25,7 +25,7 @@ from ._torch_compat import (
     parametrization_lists,
     register_load_pre_hook,
 )
-from .errors import ShapeError, TieTypeError
+from .errors import CheckpointError, ShapeError, TieTypeError
 
 __all__ = ["TieParametrization"]
 
@@ -206,8 +206,88 @@ def _tie_of(module: nn.Module, name: str) -> TieParametrization | None:
     return first if isinstance(first, TieParametrization) else None
 
 
-def _check_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """load_state_dict pre-hook (registered once per module): explain the common mistakes."""
+# The key of a module's entry in ``state_dict._metadata`` under which each tied tensor's
+# identity is saved (see _save_identity), and the format of that entry.
+_METADATA_KEY = "tietorch"
+_IDENTITY_FORMAT = 1
+
+
+def _identity(param: TieParametrization) -> dict[str, Any]:
+    """What a checkpoint records about a tied tensor: plain str/int/list values only, so
+    ``torch.load(weights_only=True)`` reads it. ``layout`` decides; the rest is for messages."""
+    return {
+        "format": _IDENTITY_FORMAT,
+        "tie": repr(param.tie),
+        "shape": list(param.shape),
+        "n_free": param.n_free,
+        "layout": param.layout.fingerprint(param.offset, param.shape),
+    }
+
+
+def _save_identity(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+) -> None:
+    """state_dict post-hook: record the identity of each tie of ``module`` in the module's
+    ``_metadata`` entry (which travels with the state dict through ``torch.save``; keys and
+    values of the state dict itself are untouched)."""
+    identities = {}
+    if parametrize.is_parametrized(module):
+        for name in parametrization_lists(module):
+            param = _tie_of(module, name)
+            if param is not None:
+                identities[name] = _identity(param)
+    if identities:
+        local_metadata[_METADATA_KEY] = identities
+    else:
+        local_metadata.pop(_METADATA_KEY, None)
+
+
+def _check_identity(
+    param: TieParametrization, prefix: str, name: str, local_metadata: Mapping[str, Any]
+) -> None:
+    """Refuse a free vector saved from another layout: the same numbers would be other weights.
+
+    A checkpoint without an identity (saved by an older tietorch, through safetensors, or
+    rebuilt as a plain dict) is not checked: there is nothing to compare with.
+    """
+    saved = local_metadata.get(_METADATA_KEY)
+    entry = saved.get(name) if isinstance(saved, Mapping) else None
+    if not isinstance(entry, Mapping) or entry.get("format") != _IDENTITY_FORMAT:
+        return
+    ours = param.layout.fingerprint(param.offset, param.shape)
+    if entry.get("layout") == ours:
+        return
+    theirs = (
+        f"{entry.get('tie')} (shape {tuple(entry.get('shape') or ())}, "
+        f"{entry.get('n_free')} free parameters)"
+    )
+    mine = f"{param.tie!r} (shape {param.shape}, {param.n_free} free parameters)"
+    if entry.get("tie") == repr(param.tie):
+        why = (
+            f"was saved with the same tie, {theirs}, but a different layout (its classes are "
+            "numbered otherwise, e.g. by another tietorch version or a changed tie class)"
+        )
+    else:
+        why = f"was saved tied with {theirs}, but this model ties it with {mine}"
+    raise CheckpointError(
+        f"{prefix}{name}: the free vector '{prefix}parametrizations.{name}.original' {why}; "
+        "the same numbers would be other weights. Load it into a model tied as it was saved, "
+        "or convert it: tietorch.dense_state_dict() of that model, then "
+        "tietorch.load_dense_state_dict(model, dense) projects it onto this tie. To load it "
+        "anyway, delete the checkpoint's record: "
+        f"del state_dict._metadata[{prefix[:-1]!r}][{_METADATA_KEY!r}]"
+    )
+
+
+def _check_state_dict(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Mapping[str, Any] | None = None,
+    *_: Any,
+) -> None:
+    """load_state_dict pre-hook (registered once per module): refuse a free vector saved from
+    another tie, and explain the common mistakes."""
     if not parametrize.is_parametrized(module):
         return
     for name in parametrization_lists(module):
@@ -218,13 +298,15 @@ def _check_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str
         free_key = f"{prefix}parametrizations.{name}.original"
         value = state_dict.get(free_key)
         if isinstance(value, Tensor) and value.shape != (param.n_free,):
-            raise ValueError(
+            raise CheckpointError(
                 f"{where} is tied with {param.tie!r} (shape {param.shape}): its free vector has "
                 f"{param.n_free} entries, but the state dict holds {value.numel()} "
                 f"(shape {tuple(value.shape)}) under '{free_key}'"
             )
+        if value is not None and isinstance(local_metadata, Mapping):
+            _check_identity(param, prefix, name, local_metadata)
         if value is None and isinstance(state_dict.get(where), Tensor):
-            raise ValueError(
+            raise CheckpointError(
                 f"{where} is tied with {param.tie!r}, but the state dict holds a dense tensor "
                 f"'{where}' instead of its free vector '{free_key}': load dense checkpoints "
                 "with tietorch.load_dense_state_dict(model, state_dict)"
@@ -244,6 +326,9 @@ def _install(module: nn.Module, name: str, param: TieParametrization, value: Ten
     if not module.__dict__.get("_tietorch_hooked", False):
         register_load_pre_hook(module, _check_state_dict)
         module.__dict__["_tietorch_hooked"] = True  # one hook per module, even if re-tied
+    if not module.__dict__.get("_tietorch_saves_identity", False):
+        module.register_state_dict_post_hook(_save_identity)
+        module.__dict__["_tietorch_saves_identity"] = True
     own_class_behaviour(module)
 
 
