@@ -98,7 +98,7 @@ def _setattr_parametrized(self: nn.Module, name: str, value: Any) -> None:
         check(self, name, value)
     # On to the original class's own setattr, past the generated class (which FSDP2 and
     # others may subclass again).
-    generated = next(k for k in type(self).__mro__ if "_tietorch_class" in k.__dict__)
+    generated: type = next(k for k in type(self).__mro__ if "_tietorch_class" in k.__dict__)
     super(generated, self).__setattr__(name, value)
 
 
