@@ -98,8 +98,12 @@ def _setattr_parametrized(self: nn.Module, name: str, value: Any) -> None:
         check(self, name, value)
     # On to the original class's own setattr, past the generated class (which FSDP2 and
     # others may subclass again).
-    generated: type = next(k for k in type(self).__mro__ if "_tietorch_class" in k.__dict__)
-    super(generated, self).__setattr__(name, value)
+    mro = type(self).__mro__
+    generated = next(k for k, cls in enumerate(mro) if "_tietorch_class" in cls.__dict__)
+    setter = next(
+        c.__dict__["__setattr__"] for c in mro[generated + 1 :] if "__setattr__" in c.__dict__
+    )
+    setter(self, name, value)
 
 
 def _deepcopy_parametrized(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
