@@ -3,6 +3,9 @@ ties in ``__init__``: transformers 5 builds them on the meta device in ``from_pr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +148,168 @@ def test_trainer_save_and_resume_is_exact(tmp_path: Path) -> None:
     initial = tied(config).state_dict()
     key = "transformer.wte.parametrizations.weight.original"
     assert key in a and not torch.equal(a[key], initial[key])  # the tied vector did train
+
+
+# --- tietorch.integrations.transformers ----------------------------------------------------
+
+hf = pytest.importorskip("tietorch.integrations.transformers")
+
+
+def _untied_pair(family: str) -> tuple[Any, Any]:
+    base, config = CONFIGS[family]()
+    torch.manual_seed(0)
+    return base, base(config).eval()
+
+
+def test_import_tietorch_imports_neither_transformers_nor_the_integration() -> None:
+    code = (
+        "import sys, tietorch, torch\n"
+        "tietorch.register_tie(torch.nn.Linear(3, 3), 'weight', tietorch.Symmetric())\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+        "assert 'tietorch.integrations.transformers' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(tietorch.__file__).parent.parent)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.mark.parametrize("how", ["tie_tensors", "tie_model"])
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_general_api_checkpoint_in_the_plain_class_fails_loudly(
+    family: str, how: str, tmp_path: Path
+) -> None:
+    base, model = _untied_pair(family)
+    embed = model.get_input_embeddings()
+    names = {m: n for n, m in model.named_modules()}
+    if how == "tie_tensors":
+        tietorch.tie_tensors([(embed, "weight"), (model.lm_head, "weight")])
+    else:
+        tietorch.tie_model(model, {(f"{names[embed]}.weight", "lm_head.weight"): None})
+    model.save_pretrained(tmp_path)
+    with pytest.raises(tietorch.errors.CheckpointError) as caught:
+        base.from_pretrained(tmp_path)
+    message = str(caught.value)
+    assert f"{names[embed]}.parametrizations.weight.original" in message
+    assert "lm_head.weight" in message and "dense_state_dict" in message
+    # The fix in the message works: a dense checkpoint loads exactly into the plain class.
+    dense = tmp_path / "dense"
+    model.save_pretrained(dense, state_dict=tietorch.dense_state_dict(model))
+    plain, info = base.from_pretrained(dense, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids = torch.randint(3, 40, (2, 5))
+    assert torch.equal(plain.eval()(ids).logits, model(ids).logits)
+
+
+def test_dense_checkpoint_in_a_tied_class_fails_loudly(tmp_path: Path) -> None:
+    base, model = _untied_pair("gpt2")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(tietorch.errors.CheckpointError, match="untied checkpoint"):
+        _tied_class(base).from_pretrained(tmp_path)
+
+
+def test_the_check_is_on_in_a_process_that_only_imports_the_integration(tmp_path: Path) -> None:
+    _, model = _untied_pair("gpt2")
+    tietorch.tie_tensors([(model.transformer.wte, "weight"), (model.lm_head, "weight")])
+    model.save_pretrained(tmp_path)
+    code = (
+        "import sys, transformers, tietorch.integrations.transformers, tietorch.errors\n"
+        "try:\n"
+        f"    transformers.GPT2LMHeadModel.from_pretrained({str(tmp_path)!r})\n"
+        "except tietorch.errors.CheckpointError:\n"
+        "    sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(tietorch.__file__).parent.parent)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+class _TiedByDefault(transformers.GPT2LMHeadModel):  # type: ignore[misc]
+    """transformers' default tie_word_embeddings=True GPT-2, converted in __init__."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        hf.tie_embeddings(self)
+
+
+def test_tie_embeddings_converts_the_default_tied_model_exactly(tmp_path: Path) -> None:
+    _, config = CONFIGS["gpt2"]()
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    shared = transformers.GPT2LMHeadModel(config).eval()
+    assert shared.lm_head.weight is shared.transformer.wte.weight
+    torch.manual_seed(0)
+    model = _TiedByDefault(config).eval()  # the same draws: the same values
+    assert model.config.tie_word_embeddings is False
+    assert sum(p.numel() for p in model.parameters()) == shared.num_parameters()
+    ids = torch.randint(3, 40, (2, 5))
+    assert torch.equal(model(ids).logits, shared(ids).logits)
+    model.save_pretrained(tmp_path)
+    loaded, info = _TiedByDefault.from_pretrained(tmp_path, output_loading_info=True)
+    loaded.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(loaded(ids).logits, shared(ids).logits)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=2)
+    assert torch.equal(loaded.generate(ids, **kwargs), shared.generate(ids, **kwargs))
+    with pytest.raises(tietorch.errors.TargetError, match="already tied"):
+        hf.tie_embeddings(loaded)
+
+
+def test_tied_class_loads_with_device_map(tmp_path: Path) -> None:
+    base, config = CONFIGS["llama"]()
+    tied = _tied_class(base)
+    torch.manual_seed(0)
+    model = tied(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded, info = tied.from_pretrained(tmp_path, device_map="cpu", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_resize_token_embeddings_of_a_tied_model_raises(family: str) -> None:
+    _, model = _untied_pair(family)
+    tietorch.tie_tensors([(model.get_input_embeddings(), "weight"), (model.lm_head, "weight")])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(tietorch.errors.ShapeError, match="resize_token_embeddings"):
+        model.resize_token_embeddings(50)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in after)
+    assert model.get_input_embeddings().num_embeddings == 40 and model.config.vocab_size == 40
+    assert model.lm_head.out_features == 40
+    model.resize_token_embeddings(40)  # no change in size: allowed
+
+
+@pytest.mark.parametrize("mean_resizing", [True, False])
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_resize_keeps_the_tie_and_matches_transformers_own_tied_resize(
+    family: str, mean_resizing: bool
+) -> None:
+    _, config = CONFIGS[family]()
+    config.tie_word_embeddings = True
+    base = CONFIGS[family]()[0]
+    torch.manual_seed(0)
+    reference = base(config).eval()  # transformers' own tie: one shared Parameter
+    torch.manual_seed(0)
+    model = base(config).eval()
+    hf.tie_embeddings(model)
+    torch.manual_seed(1)
+    reference.resize_token_embeddings(52, mean_resizing=mean_resizing)
+    torch.manual_seed(1)
+    embed = hf.resize_token_embeddings(model, 52, mean_resizing=mean_resizing)
+    assert embed is model.get_input_embeddings() and embed.num_embeddings == 52
+    assert model.config.vocab_size == 52 and model.lm_head.out_features == 52
+    assert torch.equal(embed.weight, reference.get_input_embeddings().weight)
+    assert torch.equal(model.lm_head.weight, embed.weight)
+    assert tietorch.summary(model).free == 52 * 8  # still one vocab x hidden vector
+    ids = torch.tensor([[3, 51, 50, 4]])  # new token ids work
+    assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_resize_refuses_a_structured_tie_and_leaves_the_model() -> None:
+    _, model = _untied_pair("gpt2")
+    tietorch.tie_tensors([(model.transformer.wte, "weight"), (model.lm_head, "weight")], sign=-1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(tietorch.errors.TargetError, match="resize by hand"):
+        hf.resize_token_embeddings(model, 50)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after)

@@ -318,6 +318,9 @@ def _install(module: nn.Module, name: str, param: TieParametrization, value: Ten
 
     Callers have validated everything first, so this does not fail half-way.
     """
+    from .integrations import _notify_tie  # lazily: transformers' load check, if in use
+
+    _notify_tie()  # first: nothing is changed yet if it fails
     param._registration_value = value
     old = getattr(module, name)
     if old.grad is not None:  # a gradient of the full tensor means nothing for the free vector

@@ -12,9 +12,9 @@ from torch.nn.utils import parametrize
 from ._layout import Init, TieLayout, check_init
 from ._parametrization import TieParametrization, _install, _label, _tie_of
 from ._tie import Tie, solved_layout
-from ._torch_compat import parametrization_list, parametrization_lists
+from ._torch_compat import add_setattr_check, parametrization_list, parametrization_lists
 from ._transaction import all_or_nothing
-from .errors import TargetError, TieTypeError, _context
+from .errors import ShapeError, TargetError, TieTypeError, _context
 
 __all__ = ["register_tie", "remove_tie", "bake", "tie_modules"]
 
@@ -209,6 +209,41 @@ def remove_tie(module: nn.Module, name: str) -> None:
         lead = owner[0]
         assert isinstance(lead, TieParametrization) and lead.group is not None
         lead.group.followers.discard(param)
+
+
+# The attributes that state a layer's weight shape; changing one on a tied layer resizes
+# nothing (the weight is rebuilt from the free vector), so it is refused.
+_SIZE_ATTRIBUTES = frozenset(
+    (
+        "num_embeddings",
+        "embedding_dim",
+        "in_features",
+        "out_features",
+        "in_channels",
+        "out_channels",
+    )
+)
+
+
+def _refuse_resize(module: nn.Module, name: str, value: object) -> None:
+    """Setattr check on tied modules: refuse a size change (e.g. transformers'
+    ``resize_token_embeddings``) before anything is modified."""
+    if name not in _SIZE_ATTRIBUTES or module.__dict__.get(name, value) == value:
+        return
+    param = _tie_of(module, "weight")
+    if param is None:
+        return
+    raise ShapeError(
+        f"{_label(module, 'weight')} is tied with {param.tie!r} (shape {tuple(param.shape)}): "
+        f"setting {name} from {module.__dict__[name]} to {value} would resize the layer in "
+        "place, which a tied tensor cannot follow (its value is rebuilt from the free vector). "
+        "For transformers' resize_token_embeddings use "
+        "tietorch.integrations.transformers.resize_token_embeddings(model, n); otherwise "
+        "remove_tie (a group's other members first), resize, and tie again"
+    )
+
+
+add_setattr_check(_refuse_resize)
 
 
 def _tied_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, TieParametrization]]:

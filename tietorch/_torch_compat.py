@@ -22,6 +22,14 @@ exist (``parametrize.type_before_parametrizations``, ``parametrize.is_parametriz
    ``tests/test_toolchain.py::test_torch_save_of_a_lambda_tie_says_what_to_do``,
    ``tests/test_group.py::test_group_checkpoints_safetensors_and_torch_save``.
 
+3. **A layer's size attributes are plain attributes.** Code that resizes a layer in place
+   (transformers' ``resize_token_embeddings`` sets ``embedding.weight.data = ...`` and then
+   ``num_embeddings``) changes nothing on a tied tensor (``weight`` is recomputed from the free
+   vector) yet changes the attribute, which corrupts the module silently. Fix: a
+   ``__setattr__`` on the generated class that runs the registered checks first, so the
+   change is refused before anything is modified. Guarded by
+   ``tests/test_transformers.py::test_resize_token_embeddings_of_a_tied_model_raises``.
+
 Also here: the optional import of ``DTensor`` (FSDP2's sharded parameters), absent from builds
 without ``torch.distributed``, and ``Module._register_load_state_dict_pre_hook`` (private on
 torch < 2.4, where the public ``register_load_state_dict_pre_hook`` does not exist).
@@ -46,6 +54,10 @@ __all__: list[str] = []
 #: Called with the module before it is pickled; raise to refuse (set by the parametrization).
 PickleCheck = Callable[[nn.Module], None]
 _pickle_checks: list[PickleCheck] = []
+#: Called with the module, the attribute name and the new value before a tied module's
+#: attribute is set; raise to refuse (set by the registration).
+SetattrCheck = Callable[[nn.Module, str, Any], None]
+_setattr_checks: list[SetattrCheck] = []
 
 
 def original_class(module: nn.Module) -> type[nn.Module]:
@@ -64,6 +76,11 @@ def add_pickle_check(check: PickleCheck) -> None:
         _pickle_checks.append(check)
 
 
+def add_setattr_check(check: SetattrCheck) -> None:
+    if check not in _setattr_checks:
+        _setattr_checks.append(check)
+
+
 def own_class_behaviour(module: nn.Module) -> None:
     """Give parametrize's generated class a correct deepcopy and a working pickle (1. and 2.
     above). Idempotent per generated class."""
@@ -73,6 +90,20 @@ def own_class_behaviour(module: nn.Module) -> None:
     cls._tietorch_class = True  # type: ignore[attr-defined]
     cls.__deepcopy__ = _deepcopy_parametrized  # type: ignore[attr-defined]
     cls.__reduce_ex__ = _reduce_parametrized  # type: ignore[assignment,method-assign]
+    cls.__setattr__ = _setattr_parametrized  # type: ignore[method-assign]
+
+
+def _setattr_parametrized(self: nn.Module, name: str, value: Any) -> None:
+    for check in _setattr_checks:
+        check(self, name, value)
+    # On to the original class's own setattr, past the generated class (which FSDP2 and
+    # others may subclass again).
+    mro = type(self).__mro__
+    generated = next(k for k, cls in enumerate(mro) if "_tietorch_class" in cls.__dict__)
+    setter = next(
+        c.__dict__["__setattr__"] for c in mro[generated + 1 :] if "__setattr__" in c.__dict__
+    )
+    setter(self, name, value)
 
 
 def _deepcopy_parametrized(self: nn.Module, memo: dict[int, Any]) -> nn.Module:

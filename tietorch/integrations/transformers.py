@@ -1,0 +1,281 @@
+"""Hugging Face transformers and tietorch ties: tied embeddings, resizing, loading checks.
+
+Needs ``transformers>=5`` (``pip install tietorch[hf]``); ``import tietorch`` does not import
+this module. tietorch imports it by itself the first time it ties a tensor in a process that
+has already imported ``transformers``, and importing it installs one check on
+``from_pretrained`` (below). What it offers:
+
+- :func:`tie_embeddings`: the input embedding and the output layer become one tietorch free
+  vector, in one call, from transformers' default ``tie_word_embeddings=True`` model (one
+  shared ``Parameter``, which tietorch refuses to tie again) or from two separate tensors.
+- :func:`resize_token_embeddings`: transformers' resize for a tied model, keeping the tie.
+  transformers' own ``model.resize_token_embeddings`` on a tied model raises (tietorch refuses
+  the in-place size change before anything is modified) instead of corrupting it.
+- **A load check.** transformers' ``from_pretrained`` reports checkpoint keys the model does
+  not have as UNEXPECTED and initializes the model's keys the checkpoint lacks at random, with
+  only a warning (``PreTrainedModel._finalize_model_loading`` initializes missing keys, then
+  ``utils/loading_report.py::log_state_dict_report`` logs the table and raises only for size
+  mismatches and conversion errors). With a tietorch checkpoint in the plain, untied class
+  (or a dense checkpoint in a tied class) that would silently give random weights, so the
+  check raises :class:`tietorch.errors.CheckpointError` with the fix instead, before anything
+  is initialized. It wraps ``PreTrainedModel._finalize_model_loading`` (a private hook of
+  transformers 5, tested with 5.25); on a transformers without it the check is not installed.
+
+Sources (transformers 5.25, ``src/transformers/modeling_utils.py``):
+https://github.com/huggingface/transformers/blob/main/src/transformers/modeling_utils.py
+(``_finalize_model_loading``, ``get_expanded_tied_weights_keys``, ``tie_weights``,
+``_get_resized_embeddings``, ``resize_token_embeddings``).
+
+>>> import torch, tietorch
+>>> from transformers import GPT2Config, GPT2LMHeadModel
+>>> from tietorch.integrations.transformers import tie_embeddings
+>>> config = GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=40, n_positions=16)
+>>> model = GPT2LMHeadModel(config)  # tie_word_embeddings=True: one shared Parameter
+>>> tie_embeddings(model)
+0.0
+>>> model.config.tie_word_embeddings, tietorch.summary(model).free
+(False, 320)
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedModel, modeling_utils
+
+from .._group import tie_tensors
+from .._parametrization import TieParametrization, _tie_of
+from .._register import remove_tie
+from ..errors import CheckpointError, TargetError
+
+__all__ = ["resize_token_embeddings", "tie_embeddings"]
+
+_FREE_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?)parametrizations\.(?P<name>[^.]+)\.original$")
+
+
+def _embeddings(model: PreTrainedModel, call: str) -> tuple[nn.Module, nn.Module]:
+    if not isinstance(model, PreTrainedModel):
+        raise TargetError(f"{call}: expected a transformers PreTrainedModel, got {type(model)}")
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if not isinstance(emb, nn.Module) or not isinstance(out, nn.Module):
+        raise TargetError(
+            f"{call}: {type(model).__name__} has no input embedding and output layer to tie "
+            f"(get_input_embeddings() -> {type(emb).__name__}, "
+            f"get_output_embeddings() -> {type(out).__name__})"
+        )
+    return emb, out
+
+
+def _qualname(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def tie_embeddings(model: PreTrainedModel) -> float:
+    """Tie ``model``'s input embedding and output layer to one tietorch free vector.
+
+    From transformers' default ``tie_word_embeddings=True`` model (the two share one
+    ``Parameter``), the values are kept exactly; from two separate tensors, the free vector
+    starts as their mean. Afterwards ``config.tie_word_embeddings`` is ``False`` and the pair
+    is gone from ``model.all_tied_weights_keys``, so transformers does not share the Parameter
+    again (in ``tie_weights()``, or on ``from_pretrained`` of the saved config). Call it in a
+    subclass's ``__init__`` after ``super().__init__(config)`` to get a class whose
+    ``save_pretrained`` / ``from_pretrained`` round trip is exact. All or nothing.
+
+    Returns:
+        The relative distance of the two tensors from being equal (0.0 when they shared one
+        Parameter; ``nan`` on the meta device).
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> config = LlamaConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8,
+    ...                      intermediate_size=16, vocab_size=40, tie_word_embeddings=True)
+    >>> model = LlamaForCausalLM(config)
+    >>> tie_embeddings(model)
+    0.0
+    >>> [key for key in model.state_dict() if "embed" in key or "lm_head" in key]
+    ['model.embed_tokens.parametrizations.weight.original']
+    """
+    emb, out = _embeddings(model, "tie_embeddings")
+    if _tie_of(emb, "weight") is not None or _tie_of(out, "weight") is not None:
+        raise TargetError(
+            f"tie_embeddings: {type(model).__name__}'s input embedding or output layer is "
+            "already tied with tietorch"
+        )
+    shared = out._parameters.get("weight")
+    is_shared = shared is not None and shared is emb._parameters.get("weight")
+    if is_shared:
+        assert shared is not None
+        out.weight = nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad)
+    try:
+        error = tie_tensors([(emb, "weight"), (out, "weight")])
+    except Exception:
+        if is_shared:
+            out.register_parameter("weight", shared)
+        raise
+    # Last, nothing below can fail: transformers must not share the Parameter again.
+    model.config.get_text_config().tie_word_embeddings = False
+    tied = getattr(model, "all_tied_weights_keys", None)
+    if isinstance(tied, dict):
+        tied.pop(f"{_qualname(model, out)}.weight", None)
+    return error
+
+
+def _is_plain_share(a: TieParametrization, b: TieParametrization) -> bool:
+    """Two members of one group of exactly two, equal entry by entry (no sign, no relation)."""
+    if a.group is None or b.group is None or a.group.owner is not b.group.owner:
+        return False
+    owner = a if a.follows is None else b
+    if owner.group is None or len(owner.group.followers) != 1:
+        return False
+    numel = 1
+    for size in a.shape:
+        numel *= size
+    return (
+        tuple(a.shape) == tuple(b.shape)
+        and a.n_free == numel
+        and a.index.shape == b.index.shape
+        and bool((a.index == b.index).all())
+        and a.sign is None
+        and b.sign is None
+    )
+
+
+def resize_token_embeddings(
+    model: PreTrainedModel,
+    new_num_tokens: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    mean_resizing: bool = True,
+) -> nn.Module:
+    """``model.resize_token_embeddings(...)`` for a model whose input embedding and output
+    layer are tied with tietorch (:func:`tie_embeddings` or ``tie_tensors``): the tie is kept.
+
+    The new rows are initialized as transformers does for its own tied embeddings (it resizes
+    the embedding, ``mean_resizing`` or ``_init_weights``, and the output layer reads the same
+    rows). The free vector is a new Parameter afterwards: build the optimizer after resizing.
+    A model without a tie on its embeddings is passed to transformers unchanged. Any other tie
+    on them (a structured tie, a larger group) raises :class:`tietorch.errors.TargetError`.
+
+    >>> import torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> config = GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=40, n_positions=16)
+    >>> model = GPT2LMHeadModel(config)
+    >>> _ = tie_embeddings(model)
+    >>> resize_token_embeddings(model, 48).weight.shape
+    torch.Size([48, 8])
+    >>> torch.equal(model.transformer.wte.weight, model.lm_head.weight), model.config.vocab_size
+    (True, 48)
+    """
+    emb, out = _embeddings(model, "resize_token_embeddings")
+    a, b = _tie_of(emb, "weight"), _tie_of(out, "weight")
+    resize = type(model).resize_token_embeddings
+    if a is None and b is None:
+        return resize(model, new_num_tokens, pad_to_multiple_of, mean_resizing)
+    if a is None or b is None or not _is_plain_share(a, b):
+        raise TargetError(
+            f"resize_token_embeddings: {type(model).__name__}'s input embedding and output layer "
+            "are not tied to each other alone (one tietorch group of exactly these two, equal "
+            "entry by entry); resize by hand: remove_tie each tied tensor (a group's other "
+            "members first), model.resize_token_embeddings(...), and tie again"
+        )
+    for value, what in ((new_num_tokens, "new_num_tokens"), (pad_to_multiple_of, "pad")):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise TargetError(f"resize_token_embeddings: {what} must be an int, got {value!r}")
+        if value is not None and value <= 0:
+            raise TargetError(f"resize_token_embeddings: {what} must be positive, got {value}")
+    order = [(emb, "weight"), (out, "weight")]
+    if a.follows is not None:  # the output layer owns the free vector
+        order.reverse()
+    text_config = model.config.get_text_config()
+    saved = (text_config.vocab_size, model.__dict__.get("vocab_size"), emb.__dict__.copy())
+    remove_tie(*order[1])  # the follower first
+    remove_tie(*order[0])
+    emb_param, out_param = emb._parameters["weight"], out._parameters["weight"]
+    assert emb_param is not None and out_param is not None
+    emb_data = emb_param.data
+    out.weight = emb_param  # transformers' own tie: one Parameter, resized once
+    try:
+        new_emb = resize(model, new_num_tokens, pad_to_multiple_of, mean_resizing)
+        new_out = model.get_output_embeddings()
+        if new_emb is not emb or new_out is not out or out.weight is not emb.weight:
+            raise TargetError(
+                f"resize_token_embeddings: {type(model).__name__} replaced its embedding "
+                "modules while resizing; resize by hand: remove_tie, resize, tie again"
+            )
+        out.weight = nn.Parameter(emb_param.detach().clone(), out_param.requires_grad)
+        tie_tensors(order)
+    except Exception:
+        # Back to the tie as it was (the values are untouched: transformers rebinds .data).
+        if _tie_of(emb, "weight") is None:
+            emb_param.data = emb_data
+            emb.__dict__.update(saved[2])
+            model.set_input_embeddings(emb)
+            model.set_output_embeddings(out)
+            out.weight = out_param
+            text_config.vocab_size = saved[0]
+            if saved[1] is not None:
+                model.vocab_size = saved[1]
+            tie_tensors(order)
+        raise
+    return new_emb
+
+
+def _check_loading(model: nn.Module, load_config: Any, info: Any) -> None:
+    """Raise before transformers initializes a tied tensor (or its plain counterpart) at random."""
+    missing, unexpected = set(info.missing_keys), set(info.unexpected_keys)
+    source = getattr(load_config, "pretrained_model_name_or_path", None) or "the checkpoint"
+    cls = type(model).__name__
+    stray = sorted(k for k in unexpected if _FREE_KEY.match(k))
+    if stray and missing:
+        raise CheckpointError(
+            f"from_pretrained: {source} holds tietorch free vectors ({', '.join(stray)}) that "
+            f"{cls} does not tie, so transformers would initialize "
+            f"{', '.join(sorted(missing))} at random. Load it with the class that ties in its "
+            "__init__ (e.g. one calling tietorch.integrations.transformers.tie_embeddings(self)), "
+            "or save a checkpoint for the plain class: "
+            "model.save_pretrained(folder, state_dict=tietorch.dense_state_dict(model))"
+        )
+    lost = sorted(k for k in missing if _FREE_KEY.match(k))
+    if lost:
+        dense = []
+        for key in lost:
+            match = _FREE_KEY.match(key)
+            assert match is not None
+            dense.append(match["prefix"] + match["name"])
+        found = [k for k in dense if k in unexpected]
+        what = (
+            f"holds the dense tensors {', '.join(found)} instead (an untied checkpoint)"
+            if found
+            else "does not hold them"
+        )
+        raise CheckpointError(
+            f"from_pretrained: {cls} ties {', '.join(dense)}, but {source} {what}, so their free "
+            f"vectors ({', '.join(lost)}) would stay uninitialized. Load an untied checkpoint "
+            "with the plain class and tie afterwards (tie_embeddings(model) / tie_tensors), or "
+            "load it into the tied model with tietorch.load_dense_state_dict(model, state_dict)"
+        )
+
+
+def _install_load_check() -> bool:
+    """Wrap ``PreTrainedModel._finalize_model_loading`` (once) with :func:`_check_loading`."""
+    original = modeling_utils.PreTrainedModel.__dict__.get("_finalize_model_loading")
+    if not isinstance(original, staticmethod):
+        return False
+    func = original.__func__
+    if getattr(func, "_tietorch_checked", False):
+        return True
+
+    @functools.wraps(func)
+    def finalize(model: nn.Module, load_config: Any, loading_info: Any, *args: Any) -> Any:
+        _check_loading(model, load_config, loading_info)
+        return func(model, load_config, loading_info, *args)
+
+    finalize._tietorch_checked = True  # type: ignore[attr-defined]
+    modeling_utils.PreTrainedModel._finalize_model_loading = staticmethod(  # type: ignore[method-assign]
+        finalize
+    )
+    return True
+
+
+_install_load_check()
