@@ -128,6 +128,15 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], tuple[str, ...]]] = [
     ("layout tuple", _register(TupleLayout()), DeclarationError, ("tuple", "TieLayout", "(3, 3)")),
     ("shape float", lambda: tt.Toeplitz().layout((2.5, 4)), TieTypeError, ("Toeplitz", "2.5")),
     ("shape bool", lambda: tt.Toeplitz().layout((True, 4)), TieTypeError, ("True",)),
+    (
+        "shape a tie refuses",
+        lambda: tt.tie_model(
+            nn.ModuleDict(dict(a=nn.Linear(3, 3), c=nn.Linear(3, 4))),
+            {"a.weight": tt.Symmetric(), "c.weight": tt.Symmetric()},
+        ),
+        ShapeError,
+        ("c.weight", "Symmetric", "(4, 3)"),
+    ),
     ("shape negative", lambda: tt.Toeplitz().layout((-1, 4)), ShapeError, (">= 0",)),
     (
         "n_free float",

@@ -330,7 +330,12 @@ def _install(module: nn.Module, name: str, param: TieParametrization, value: Ten
         register_load_pre_hook(module, _check_state_dict)
         module.__dict__["_tietorch_hooked"] = True  # one hook per module, even if re-tied
     if not module.__dict__.get("_tietorch_saves_identity", False):
-        module.register_state_dict_post_hook(_save_identity)
+        # Public from torch 2.5 (https://github.com/pytorch/pytorch/pull/131690); before, the
+        # private spelling with the same signature (its None return is ignored).
+        register = getattr(module, "register_state_dict_post_hook", None)
+        if register is None:  # pragma: no cover - torch < 2.5
+            register = module._register_state_dict_hook
+        register(_save_identity)
         module.__dict__["_tietorch_saves_identity"] = True
     own_class_behaviour(module)
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._layout import Shape, TieLayout, on_cpu
 from ._solver import _KeyConstraint, _RelationConstraint, solve
-from .errors import DeclarationError, ShapeError, TieTypeError, _context
+from .errors import DeclarationError, ShapeError, TietorchError, TieTypeError, _context
 
 __all__ = ["AllOf", "Tie", "TieLayout"]
 
@@ -103,7 +103,12 @@ class Tie:
             )
             if shape in cache:
                 return cache[shape]
-        self.check_shape(shape)
+        try:
+            self.check_shape(shape)
+        except TietorchError:
+            raise
+        except ValueError as error:  # a tie's own refusal: one class for every refused shape
+            raise ShapeError(str(error)) from error
         check_size(self, shape)
         n = math.prod(shape)
         index, n_free, sign = solve(n, self._constraints(shape))
