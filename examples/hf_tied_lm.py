@@ -5,7 +5,9 @@ the meta device) gives back the tied model exactly. The script trains a tiny GPT
 a config (no download) on a synthetic repeating sequence, checks the tie after training,
 round-trips ``save_pretrained`` / ``from_pretrained`` (safetensors) with no missing or
 unexpected keys, and checks that ``generate()`` continues the sequence identically before and
-after loading.
+after loading. Then it shows the two things transformers alone gets wrong with a tied model:
+loading the checkpoint into the plain ``GPT2LMHeadModel`` raises (instead of random weights)
+and a dense checkpoint for it loads exactly; and the vocabulary is resized keeping the tie.
 
 Run: ``python examples/hf_tied_lm.py [--quick]``; exits non-zero if a check fails. Needs
 ``transformers`` (``pip install tietorch[test]``).
@@ -23,6 +25,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging
 
 import tietorch
+from tietorch.integrations.transformers import resize_token_embeddings
 
 
 class TiedGPT2(GPT2LMHeadModel):
@@ -72,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         loaded, info = TiedGPT2.from_pretrained(folder, output_loading_info=True)
+        try:
+            GPT2LMHeadModel.from_pretrained(folder)
+            refused = False
+        except tietorch.errors.CheckpointError:
+            refused = True
+        check("the plain class refuses the tied checkpoint", refused)
+        model.save_pretrained(folder, state_dict=tietorch.dense_state_dict(model))
+        plain = GPT2LMHeadModel.from_pretrained(folder).eval()
+    check(
+        "a dense checkpoint loads exactly into the plain class",
+        torch.equal(plain(ids).logits, model(ids).logits),
+    )
     loaded.eval()
     check(
         "from_pretrained: no missing or unexpected keys",
@@ -83,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     tied = sum(p.numel() for p in loaded.parameters())
     print(f"parameters: {tied:,} tied vs {untied:,} untied (one vocab x hidden matrix less)")
     check("one vocab x hidden matrix saved", untied - tied == vocab * 32)
+    resize_token_embeddings(loaded, vocab + 8)
+    check(
+        "resized to vocab + 8 rows, still one tensor",
+        loaded.transformer.wte.weight.shape == (vocab + 8, 32)
+        and torch.equal(loaded.transformer.wte.weight, loaded.lm_head.weight),
+    )
     return verdict()
 
 
