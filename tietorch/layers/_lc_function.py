@@ -301,7 +301,9 @@ class _LocallyConnectedGemm(torch.autograd.Function):
         k = c * g.kernel[0] * g.kernel[1]
         pt_, pl_ = g.padding[0], g.padding[2]
         w = weight.reshape(ho * wo, oc, k)
-        gxt = torch.zeros_like(xt) if need_x else None
+        # never accumulate in 16-bit floats: the kh*kw overlapping adds go to a float32 buffer
+        acc = torch.float32 if xt.dtype in (torch.float16, torch.bfloat16) else xt.dtype
+        gxt = torch.zeros_like(xt, dtype=acc) if need_x else None
         gw = xt.new_empty(ho * wo, oc, k) if need_w else None
         gb = xt.new_empty(ho * wo, oc) if need_b else None
         chunks = _row_chunks(ho, ctx.rows)
@@ -331,7 +333,7 @@ class _LocallyConnectedGemm(torch.autograd.Function):
         if gxt is not None:
             gxt = gxt[pt_ : pt_ + h, pl_ : pl_ + w_in]
             fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-            grad_x = gxt.permute(3, 2, 0, 1).contiguous(memory_format=fmt)
+            grad_x = gxt.permute(3, 2, 0, 1).to(xt.dtype, memory_format=fmt)
         if gw is not None:
             grad_w = gw.view(weight.shape)
         if gb is not None:

@@ -61,6 +61,43 @@ def _positive(value: tuple[int, ...], name: str) -> tuple[int, ...]:
     return value
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _pads(padding: object, n: int, name: str) -> list[tuple[int, int]]:
+    """Per spatial dim ``(before, after)`` from an int, a tuple of ints (symmetric per dim),
+    ``((before, after), ...)`` one pair per dim, or in 1-d also ``(before, after)``."""
+    expected = f"an int, a tuple of {n} ints or of {n} (before, after) pairs" + (
+        ", or (before, after)" if n == 1 else ""
+    )
+    items: list[object]
+    if _is_int(padding):
+        items = [padding] * n
+    elif isinstance(padding, Sequence) and not isinstance(padding, str):
+        items = list(padding)
+        if n == 1 and len(items) == 2 and all(_is_int(v) for v in items):
+            items = [tuple(items)]  # 1-d (before, after)
+        elif len(items) == 1 and n > 1:
+            items = items * n
+    else:
+        raise TypeError(f"{name}: padding must be {expected}, got {padding!r}")
+    pads: list[tuple[int, int]] = []
+    for v in items:
+        if _is_int(v):
+            pair = (v, v)
+        elif isinstance(v, Sequence) and len(v) == 2 and all(_is_int(u) for u in v):
+            pair = (v[0], v[1])
+        else:
+            raise ValueError(f"{name}: padding must be {expected}, got {padding!r}")
+        pads.append(pair)  # type: ignore[arg-type]
+    if len(pads) != n:
+        raise ValueError(f"{name}: padding must be {expected}, got {padding!r}")
+    if any(p < 0 for pair in pads for p in pair):
+        raise ValueError(f"{name}: padding must be >= 0, got {padding!r}")
+    return pads
+
+
 def _bias_tie(tie: Tie, weight_ndim: int) -> Tie | None:
     """The part of ``tie`` that also makes sense for the bias: its ``TileShare`` parts, with
     their location dims counted from the front (the bias has fewer dims than the weight)."""
@@ -94,7 +131,7 @@ class _LocallyConnectedNd(nn.Module):
         kernel_size: int | Sequence[int],
         input_size: int | Sequence[int],
         stride: int | Sequence[int] = 1,
-        padding: str | int | Sequence[int] = 0,
+        padding: str | int | Sequence[int] | Sequence[Sequence[int]] = 0,
         dilation: int | Sequence[int] = 1,
         bias: bool = True,
         tie: Tie | None = None,
@@ -138,13 +175,11 @@ class _LocallyConnectedNd(nn.Module):
                 raise ValueError(
                     f"{name}: padding must be 'valid', 'same', an int or a tuple, got {padding!r}"
                 )
-            self.padding: str | tuple[int, ...] = padding
+            self.padding: str | tuple[int, ...] | tuple[tuple[int, int], ...] = padding
         else:
-            sym = _tuple(padding, n, "padding")
-            if any(p < 0 for p in sym):
-                raise ValueError(f"{name}: padding must be >= 0, got {sym}")
-            pads = [(p, p) for p in sym]
-            self.padding = sym
+            pads = _pads(padding, n, name)
+            sym = all(lo == hi for lo, hi in pads)
+            self.padding = tuple(lo for lo, _ in pads) if sym else tuple(pads)
         self._pads = tuple(pads)  # per spatial dim: (before, after)
 
         out = tuple(
@@ -286,6 +321,7 @@ class _LocallyConnectedNd(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         weight, bias = self.weight, self.bias
+        x, weight, bias = self._cast(x, weight, bias)
         g = self._geometry
         if self._n == 1:  # view as 2-d with width 1
             x = x.unsqueeze(-1)
@@ -299,6 +335,29 @@ class _LocallyConnectedNd(nn.Module):
         if self._n == 1:
             y = y.squeeze(-1)
         return y.squeeze(0) if unbatched else y
+
+    def _cast(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Dtypes as ``nn.Conv2d``: under ``torch.autocast`` (any device type) the input, the
+        weight and the bias run in the autocast dtype (float64 tensors are left alone, as
+        autocast does); otherwise the input must have the weight's dtype."""
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            low = torch.get_autocast_dtype(device_type)
+
+            def cast(t: Tensor) -> Tensor:
+                return t.to(low) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+            x, weight = cast(x), cast(weight)
+            bias = None if bias is None else cast(bias)
+        if x.dtype != weight.dtype:
+            raise TypeError(
+                f"{type(self).__name__}: input dtype {x.dtype} does not match the weight's "
+                f"{weight.dtype} (input shape {tuple(x.shape)}); convert one of them, or run "
+                "under torch.autocast, as for nn.Conv2d"
+            )
+        return x, weight, bias
 
     def extra_repr(self) -> str:
         s = (
