@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import tietorch
@@ -141,3 +143,31 @@ def test_accelerate_init_empty_weights_then_load_checkpoint_and_dispatch(tmp_pat
     ids = torch.randint(0, 12, (2, 5))
     assert torch.equal(model(ids), reference(ids))
     assert torch.equal(model.embed.weight, model.head.weight)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple),
+    members=st.integers(2, 4),
+)
+def test_plain_group_layout_equals_the_solvers(shape: tuple[int, ...], members: int) -> None:
+    """Equal tensors of equal shapes skip the solver: the same layout as solving them (an
+    identity relation goes through the solver)."""
+    from tietorch._group import _solve_group
+
+    def tensors() -> list[tuple[nn.Module, str]]:
+        return [(_Holder(shape), "w") for _ in range(members)]
+
+    fast = _solve_group(tensors(), None, 1, None, None).layout
+    solved = _solve_group(tensors(), lambda *grid: grid, 1, None, None).layout
+    assert fast.n_free == solved.n_free
+    assert torch.equal(fast.index, solved.index) and fast.sign is None and solved.sign is None
+    with torch.device("meta"):  # built on the CPU whatever the default device
+        meta = _solve_group(tensors(), None, 1, None, None).layout
+    assert meta.index.device.type == "cpu" and torch.equal(meta.index, solved.index)
+
+
+class _Holder(nn.Module):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(shape))

@@ -154,6 +154,15 @@ def _solve_group(
         for k in range(followers)
     ]
     constraints: list[_KeyConstraint | _RelationConstraint] = []
+    # The common case (an embedding and an output layer): equal shapes, equal entry by entry.
+    # Its layout is known without solving (entry j of every tensor is class j), which the
+    # solver would take seconds and GiBs to find for a large vocabulary.
+    plain = (
+        all(tie is None for tie in ties)
+        and all(fn is None for fn in relations)
+        and all(type(s) is int and s == 1 for s in signs)
+        and all(shape == shapes[0] for shape in shapes)
+    )
     with _context(where):
         check_size(descriptions[0], (offsets[-1],))
         for k, tie in enumerate(ties):
@@ -163,7 +172,7 @@ def _solve_group(
                 raise TieTypeError(f"ties[{k}] must be a tietorch.Tie or None, got {tie!r}")
             tie.check_shape(shapes[k])
             constraints += [c.shifted(offsets[k]) for c in tie._constraints(shapes[k])]
-        for k in range(1, len(members)):
+        for k in range(1, 1 if plain else len(members)):
             fn, s = relations[k - 1], signs[k - 1]
             if fn is None and shapes[k] != shapes[0]:
                 raise ShapeError(
@@ -177,7 +186,11 @@ def _solve_group(
                 assert isinstance(c, _RelationConstraint)
                 constraints.append(_RelationConstraint(c.target + offsets[0], c.sign, offsets[k]))
 
-    index, n_free, sign_flat = solve(offsets[-1], constraints)
+    if plain:
+        n_free, sign_flat = offsets[1], None
+        index = torch.arange(n_free, device="cpu").repeat(len(members))  # whatever the default
+    else:
+        index, n_free, sign_flat = solve(offsets[-1], constraints)
     layout = TieLayout(index, n_free, sign_flat)
     flat = torch.cat([tensor.detach().reshape(-1) for *_, tensor in members])
     theta, error = layout.initial_theta(flat, init)

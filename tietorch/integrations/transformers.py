@@ -94,8 +94,10 @@ def tie_embeddings(model: PreTrainedModel) -> float:
     >>> model = LlamaForCausalLM(config)
     >>> tie_embeddings(model)
     0.0
-    >>> [key for key in model.state_dict() if "embed" in key or "lm_head" in key]
-    ['model.embed_tokens.parametrizations.weight.original']
+    >>> "model.embed_tokens.parametrizations.weight.original" in model.state_dict()
+    True
+    >>> "lm_head.weight" in model.state_dict()  # the output layer reads the same free vector
+    False
     """
     emb, out = _embeddings(model, "tie_embeddings")
     if _tie_of(emb, "weight") is not None or _tie_of(out, "weight") is not None:
