@@ -24,6 +24,7 @@ from ._torch_compat import (
     parametrization_list,
     parametrization_lists,
     register_load_pre_hook,
+    register_state_dict_post_hook,
 )
 from .errors import CheckpointError, ShapeError, TieTypeError
 
@@ -330,12 +331,7 @@ def _install(module: nn.Module, name: str, param: TieParametrization, value: Ten
         register_load_pre_hook(module, _check_state_dict)
         module.__dict__["_tietorch_hooked"] = True  # one hook per module, even if re-tied
     if not module.__dict__.get("_tietorch_saves_identity", False):
-        # Public from torch 2.5 (https://github.com/pytorch/pytorch/pull/131690); before, the
-        # private spelling with the same signature (its None return is ignored).
-        register = getattr(module, "register_state_dict_post_hook", None)
-        if register is None:  # pragma: no cover - torch < 2.5
-            register = module._register_state_dict_hook
-        register(_save_identity)
+        register_state_dict_post_hook(module, _save_identity)
         module.__dict__["_tietorch_saves_identity"] = True
     own_class_behaviour(module)
 

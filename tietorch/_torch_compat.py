@@ -32,7 +32,10 @@ exist (``parametrize.type_before_parametrizations``, ``parametrize.is_parametriz
 
 Also here: the optional import of ``DTensor`` (FSDP2's sharded parameters), absent from builds
 without ``torch.distributed``, and ``Module._register_load_state_dict_pre_hook`` (private on
-torch < 2.4, where the public ``register_load_state_dict_pre_hook`` does not exist).
+torch < 2.4, where the public ``register_load_state_dict_pre_hook`` does not exist) and
+``Module._register_state_dict_hook`` (torch < 2.5, before ``register_state_dict_post_hook``):
+the two hooks that write and check a tie's identity in checkpoints, guarded by
+``tests/test_identity.py``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,17 @@ def register_load_pre_hook(module: nn.Module, hook: Callable[..., None]) -> None
     """A ``load_state_dict`` pre-hook that gets the module as its first argument and follows
     deepcopies (``with_module=True``: the private spelling exists on every supported torch)."""
     module._register_load_state_dict_pre_hook(hook, with_module=True)
+
+
+def register_state_dict_post_hook(module: nn.Module, hook: Callable[..., None]) -> None:
+    """A ``state_dict`` post-hook ``hook(module, state_dict, prefix, local_metadata)``.
+
+    Public from torch 2.5 (https://github.com/pytorch/pytorch/pull/131690); before, the private
+    ``_register_state_dict_hook`` with the same signature (its return value is ignored)."""
+    register = getattr(module, "register_state_dict_post_hook", None)
+    if register is None:  # pragma: no cover - torch < 2.5
+        register = module._register_state_dict_hook
+    register(hook)
 
 
 def add_pickle_check(check: PickleCheck) -> None:
