@@ -11,11 +11,15 @@ import tietorch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_gen"))
 
-from public_api import missing_docstrings, public_modules  # noqa: E402
+from public_api import missing_docstrings, public_modules, undocumented_members  # noqa: E402
 
 
 def test_every_public_name_has_a_docstring():
     assert missing_docstrings() == []
+
+
+def test_every_public_method_and_property_has_a_docstring():
+    assert undocumented_members() == []
 
 
 def test_public_modules_include_the_documented_ones():

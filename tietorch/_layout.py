@@ -186,22 +186,28 @@ class TieLayout:
     # Read-only: the class sizes (and every parametrization built from them) must stay valid.
     @property
     def index(self) -> Tensor:
+        """The free parameter each entry reads: an int64 tensor of the tensor's shape."""
         return self._index
 
     @property
     def n_free(self) -> int:
+        """The number of free parameters (the length of the free vector)."""
         return self._n_free
 
     @property
     def sign(self) -> Tensor | None:
+        """The sign (``+1``/``-1``, or ``0`` for an entry forced to zero) each entry applies
+        to its free parameter, of the tensor's shape; ``None`` when every sign is ``+1``."""
         return self._sign
 
     @property
     def shape(self) -> Shape:
+        """The shape of the tied tensor."""
         return tuple(self.index.shape)
 
     @property
     def numel(self) -> int:
+        """The number of entries of the tied tensor."""
         return self.index.numel()
 
     @property

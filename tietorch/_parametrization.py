@@ -152,6 +152,9 @@ class TieParametrization(nn.Module):
         return gather(theta, self.index, self.sign, self.shape)
 
     def right_inverse(self, weight: Tensor) -> Tensor:
+        """The free vector for an assigned tensor (``module.weight = W``): the class means of
+        ``sign * W``, accumulated in float64 and cast once, so a tensor that already satisfies
+        the tie is kept bitwise."""
         if not isinstance(weight, Tensor):
             raise TieTypeError(
                 f"{self.tie!r}: cannot assign a {type(weight).__name__} to a tied tensor"

@@ -33,10 +33,12 @@ class TieSummary:
 
     @property
     def entries(self) -> int:
+        """Entries of every tied tensor in the summary, together."""
         return sum(r.entries for r in self.rows)
 
     @property
     def free(self) -> int:
+        """Free parameters behind those entries, together."""
         return sum(r.free for r in self.rows)
 
     def _group_entries(self, row: TieSummaryRow) -> int:

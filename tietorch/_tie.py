@@ -61,12 +61,20 @@ class Tie:
     """
 
     def key(self, *idx: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Override to declare the tie by a key: given one integer index grid per dim (each
+        of the tensor's shape), return a tensor (or a tuple of tensors) of keys; entries whose
+        keys are all equal share one free parameter."""
         raise NotImplementedError
 
     def relations(self, *idx: Tensor) -> tuple[Tensor, ...] | list[tuple[Tensor, ...]]:
+        """Override to declare the tie by relations ``W[x] = sign(x) * W[g(x)]``: given one
+        integer index grid per dim, return the image ``g(x)`` as one index tensor per dim
+        (negative indices count from the end), or a list of such images, one per relation."""
         raise NotImplementedError
 
     def sign(self, *idx: Tensor) -> int | Tensor | list[int | Tensor]:
+        """The sign ``s`` of each relation, ``+1`` or ``-1``: an int for every entry, or a
+        tensor over the index grids (a list of them, one per relation). Default ``+1``."""
         return 1
 
     def check_shape(self, shape: Shape) -> None:

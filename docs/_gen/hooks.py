@@ -1,6 +1,6 @@
 """mkdocs hook: the build fails when a public module or a public name (an ``__all__`` entry) has
-no docstring, which mkdocstrings would render as an empty entry without a warning. Public
-methods without a docstring of their own or of the method they override are listed."""
+no docstring, which mkdocstrings would render as an empty entry without a warning; so does a
+public method or property without a docstring of its own or of the method it overrides."""
 
 from __future__ import annotations
 
@@ -14,10 +14,7 @@ from public_api import missing_docstrings, undocumented_members
 
 
 def on_pre_build(config: Any) -> None:
-    members = undocumented_members()
-    if members:
-        print("public methods without a docstring:\n  " + "\n  ".join(members))
-    missing = missing_docstrings()
+    missing = missing_docstrings() + undocumented_members()
     if missing:
         from mkdocs.exceptions import PluginError
 
