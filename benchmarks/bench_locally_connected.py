@@ -33,7 +33,7 @@ from torch.nn.modules.utils import _pair
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import interleaved_medians, peak_tensor_mib, table
 from tietorch.layers import _lc_function as _lc
-from tietorch.layers.locally_connected import LocallyConnected2d
+from tietorch.layers.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
 
 # name: (batch, in_channels, out_channels, size, kernel, stride, input requires grad)
 CASES = {
@@ -193,6 +193,38 @@ def measure_memory(case: str) -> dict[str, list[float | None]]:
 # ------------------------------------------------------------------------------ main
 
 
+# transposed: (batch, in_channels, out_channels, input size, kernel, stride, repeats)
+TRANSPOSE_CASES = {
+    "transposed main (64->3)": (32, 64, 3, 30, 3, 1, 20),
+    "transposed mid (32->16)": (32, 32, 16, 30, 3, 1, 10),
+    "transposed k4 s2 (32->16)": (32, 32, 16, 16, 4, 2, 10),
+}
+
+
+def run_transposed(quick: bool) -> str:
+    """LocallyConnectedTranspose2d against nn.ConvTranspose2d (fwd+bwd, no input gradient)."""
+    rows = []
+    for case, (b, cin, cout, size, k, s, repeats) in TRANSPOSE_CASES.items():
+        if quick and "main" not in case:
+            continue
+        torch.manual_seed(0)
+        conv = nn.ConvTranspose2d(cin, cout, k, stride=s, padding=k // 2 if s > 1 else 0)
+        mods: dict[str, nn.Module] = {"nn.ConvTranspose2d": conv}
+        # (implementation "unfold", the plain-autograd fallback, is left out: its large
+        # temporaries disturb the timings of the variants run after it in the same round)
+        mods["LCT auto"] = LocallyConnectedTranspose2d(
+            cin, cout, k, size, stride=s, padding=conv.padding
+        )
+        x = torch.randn(b, cin, size, size)
+        g = torch.randn_like(conv(x))
+        times = interleaved_medians(
+            {n: step_fn(m, x, g) for n, m in mods.items()}, max(4, repeats // (3 if quick else 1))
+        )
+        for name, ms in times.items():
+            rows.append([case, name, ms, ms / times["nn.ConvTranspose2d"]])
+    return table(["case", "variant", "ms", "x ConvTranspose2d"], rows)
+
+
 def run(quick: bool) -> str:
     rows = []
     notes = []
@@ -247,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         f"chunk budget {_lc.SCRATCH_BUDGET >> 20} MiB"
     )
     print(run(args.quick))
+    print()
+    print(run_transposed(args.quick))
 
 
 if __name__ == "__main__":

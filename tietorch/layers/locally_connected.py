@@ -307,8 +307,11 @@ class _LocallyConnectedNd(nn.Module):
         ):
             return "unfold", None  # vmap/grad/jvp: the custom Function has no rules for them
         g = self._geometry
-        k = self.in_channels * math.prod(self.kernel_size)
-        rows = _lc.rows_for_budget(g, batch, k, self.out_channels, dtype)
+        # the GEMM's reduced and output dims: a transposed layer runs the adjoint's kernels
+        c, o = self.in_channels, self.out_channels
+        if isinstance(self, _LocallyConnectedTransposeNd):
+            c, o = o, c
+        rows = _lc.rows_for_budget(g, batch, c * math.prod(self.kernel_size), o, dtype)
         if self.implementation == "batched" or (
             self.implementation == "auto" and rows >= g.out_size[0]
         ):
