@@ -225,7 +225,7 @@ def test_unshare_refuses_groups_and_padding_modes():
         unshare(nn.Conv2d(4, 4, 3, groups=2), 8)
     with pytest.raises(ValueError, match="padding_mode"):
         unshare(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), 8)
-    with pytest.raises(TypeError, match=r"Conv1d or nn\.Conv2d"):
+    with pytest.raises(TypeError, match=r"nn\.Conv2d, nn\.ConvTranspose1d"):
         unshare(nn.Linear(3, 3), 8)
 
 

@@ -16,7 +16,13 @@ from ._register import bake, register_tie, remove_tie, tie_modules
 from ._render import plot_layout, render_layout
 from ._summary import TieSummary, summary
 from ._tie import AllOf, Tie
-from .layers import LocallyConnected1d, LocallyConnected2d, unshare
+from .layers import (
+    LocallyConnected1d,
+    LocallyConnected2d,
+    LocallyConnectedTranspose1d,
+    LocallyConnectedTranspose2d,
+    unshare,
+)
 from .ties import (
     Antisymmetric,
     Circulant,
@@ -39,6 +45,8 @@ __all__ = [
     "Hankel",
     "LocallyConnected1d",
     "LocallyConnected2d",
+    "LocallyConnectedTranspose1d",
+    "LocallyConnectedTranspose2d",
     "KernelSymmetry",
     "ShareAcrossGroups",
     "ShareAlong",

@@ -236,6 +236,111 @@ def _row_chunks(ho: int, rows: int | None) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _forward_core(
+    x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
+) -> tuple[Tensor, Tensor, bool]:
+    """``(y, xt, channels_last)``: the layer's output, the padded ``(H, W, C, B)`` copy of x
+    (what a backward needs) and whether x (and so y) is channels-last."""
+    b, c = x.shape[:2]
+    ho, wo = g.out_size
+    oc = weight.shape[2]
+    k = c * g.kernel[0] * g.kernel[1]
+    channels_last = (
+        b > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    )
+    w = weight.reshape(ho * wo, oc, k)  # a view for the usual contiguous weight
+    bias_l = None if bias is None else bias.reshape(ho * wo, 1, oc)
+    xt = _to_hwcb(x, g)
+    chunks = _row_chunks(ho, rows)
+    m = (chunks[0][1] - chunks[0][0]) * wo  # locations per chunk (the first is the largest)
+    pbuf = _scratch("patches", m * k * b, x)  # patches of one chunk
+    obuf = _scratch("gemm", m * b * oc, x)  # GEMM output of one chunk
+    # (B, L, O) staging tensor; with a channels-last input it *is* the output (fresh)
+    blo = (
+        x.new_empty(b, ho * wo, oc)
+        if channels_last
+        else _scratch("staging", b * ho * wo * oc, x).view(b, ho * wo, oc)
+    )
+    for r0, r1 in chunks:
+        loc = slice(r0 * wo, r1 * wo)
+        n = (r1 - r0) * wo
+        pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
+        o = obuf[: n * b * oc].view(n, b, oc)
+        if bias_l is not None:
+            torch.baddbmm(bias_l[loc], pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
+        else:
+            torch.bmm(pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
+        blo[:, loc] = o.transpose(0, 1)  # moves rows of O: cheap
+    y = blo.view(b, ho, wo, oc).permute(0, 3, 1, 2)  # the result, channels-last
+    if channels_last:
+        return y, xt, True
+    out = x.new_empty(b, oc, ho, wo)  # fresh even where the view happens to be contiguous
+    return out.copy_(y), xt, False  # ATen's fast NHWC -> NCHW transpose
+
+
+def _backward_core(
+    xt: Tensor | None,
+    x_shape: tuple[int, int],
+    weight: Tensor,
+    grad_out: Tensor,
+    g: Geometry,
+    rows: int | None,
+    need_x: bool,
+    need_w: bool,
+    need_b: bool,
+    channels_last: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of the layer for ``grad_out (B, O, Ho, Wo)``: ``(grad_x, grad_w, grad_b)``,
+    each None unless asked for. ``xt`` (the padded ``(H, W, C, B)`` input) is needed only for
+    ``grad_w``; ``x_shape`` is ``(C, B)``."""
+    c, b = x_shape
+    h, w_in = g.in_size
+    ho, wo = g.out_size
+    oc = weight.shape[2]
+    k = c * g.kernel[0] * g.kernel[1]
+    pt_, pb_, pl_, pr_ = g.padding
+    dtype = grad_out.dtype
+    w = weight.reshape(ho * wo, oc, k)
+    # never accumulate in 16-bit floats: the kh*kw overlapping adds go to a float32 buffer
+    acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    gxt = grad_out.new_zeros((h + pt_ + pb_, w_in + pl_ + pr_, c, b), dtype=acc) if need_x else None
+    gw = grad_out.new_empty(ho * wo, oc, k) if need_w else None
+    gb = grad_out.new_empty(ho * wo, oc) if need_b else None
+    chunks = _row_chunks(ho, rows)
+    m = (chunks[0][1] - chunks[0][0]) * wo
+    gbuf = _scratch("grad", m * b * oc, grad_out)  # grad_out of one chunk as (n, B, O)
+    pbuf = _scratch("patches", m * k * b, grad_out) if (need_w or need_x) else None
+    for r0, r1 in chunks:
+        loc = slice(r0 * wo, r1 * wo)
+        n = (r1 - r0) * wo
+        gl = gbuf[: n * b * oc].view(n, b, oc)
+        # a strided read into a small contiguous buffer: faster than whole-tensor
+        # layout changes, and no grad_out-sized temporary
+        gl.view(r1 - r0, wo, b, oc).copy_(grad_out[:, :, r0:r1].permute(2, 3, 0, 1))
+        if gb is not None:
+            torch.sum(gl, 1, out=gb[loc])
+        if gw is not None:
+            assert pbuf is not None and xt is not None
+            pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
+            torch.bmm(gl.transpose(1, 2), pt.transpose(1, 2), out=gw[loc])
+        if gxt is not None:
+            assert pbuf is not None
+            gpt = pbuf[: n * k * b].view(n, k, b)
+            torch.bmm(w[loc].transpose(1, 2), gl.transpose(1, 2), out=gpt)
+            _scatter_add(gxt, gpt, g, r0, r1)
+    del gbuf, pbuf
+    grad_x = grad_w = grad_b = None
+    if gxt is not None:
+        gxt = gxt[pt_ : pt_ + h, pl_ : pl_ + w_in]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        grad_x = gxt.permute(3, 2, 0, 1).to(dtype, memory_format=fmt)
+    if gw is not None:
+        grad_w = gw.view(weight.shape)
+    if gb is not None:
+        grad_b = gb.view(ho, wo, oc)
+    return grad_x, grad_w, grad_b
+
+
 class _LocallyConnectedGemm(torch.autograd.Function):
     """``y = LC(x; W, bias)`` with location-batched GEMMs (see the module docstring)."""
 
@@ -243,37 +348,7 @@ class _LocallyConnectedGemm(torch.autograd.Function):
     def forward(
         ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
     ) -> Tensor:
-        b, c = x.shape[:2]
-        ho, wo = g.out_size
-        oc = weight.shape[2]
-        k = c * g.kernel[0] * g.kernel[1]
-        channels_last = (
-            b > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        )
-        w = weight.reshape(ho * wo, oc, k)  # a view for the usual contiguous weight
-        bias_l = None if bias is None else bias.reshape(ho * wo, 1, oc)
-        xt = _to_hwcb(x, g)
-        chunks = _row_chunks(ho, rows)
-        m = (chunks[0][1] - chunks[0][0]) * wo  # locations per chunk (the first is the largest)
-        pbuf = _scratch("patches", m * k * b, x)  # patches of one chunk
-        obuf = _scratch("gemm", m * b * oc, x)  # GEMM output of one chunk
-        # (B, L, O) staging tensor; with a channels-last input it *is* the output (fresh)
-        blo = (
-            x.new_empty(b, ho * wo, oc)
-            if channels_last
-            else _scratch("staging", b * ho * wo * oc, x).view(b, ho * wo, oc)
-        )
-        for r0, r1 in chunks:
-            loc = slice(r0 * wo, r1 * wo)
-            n = (r1 - r0) * wo
-            pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
-            o = obuf[: n * b * oc].view(n, b, oc)
-            if bias_l is not None:
-                torch.baddbmm(bias_l[loc], pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
-            else:
-                torch.bmm(pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
-            blo[:, loc] = o.transpose(0, 1)  # moves rows of O: cheap
-        del pbuf, obuf, pt, o
+        y, xt, channels_last = _forward_core(x, weight, bias, g, rows)
         # The padded (H, W, C, B) copy of x is saved instead of x: backward needs exactly it
         # (it costs one input-sized buffer, like conv saving its input).
         ctx.save_for_backward(xt, weight)
@@ -281,64 +356,76 @@ class _LocallyConnectedGemm(torch.autograd.Function):
         ctx.rows = rows
         ctx.has_bias = bias is not None
         ctx.channels_last = channels_last
-        y = blo.view(b, ho, wo, oc).permute(0, 3, 1, 2)  # the result, channels-last
-        if channels_last:
-            return y
-        out = x.new_empty(b, oc, ho, wo)  # fresh even where the view happens to be contiguous
-        return out.copy_(y)  # ATen's fast NHWC -> NCHW transpose
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         xt, weight = ctx.saved_tensors
-        g: Geometry = ctx.geometry
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_b = need_b and ctx.has_bias
-        c, b = xt.shape[2:]
-        h, w_in = g.in_size
-        ho, wo = g.out_size
-        oc = weight.shape[2]
-        k = c * g.kernel[0] * g.kernel[1]
-        pt_, pl_ = g.padding[0], g.padding[2]
-        w = weight.reshape(ho * wo, oc, k)
-        # never accumulate in 16-bit floats: the kh*kw overlapping adds go to a float32 buffer
-        acc = torch.float32 if xt.dtype in (torch.float16, torch.bfloat16) else xt.dtype
-        gxt = torch.zeros_like(xt, dtype=acc) if need_x else None
-        gw = xt.new_empty(ho * wo, oc, k) if need_w else None
-        gb = xt.new_empty(ho * wo, oc) if need_b else None
-        chunks = _row_chunks(ho, ctx.rows)
-        m = (chunks[0][1] - chunks[0][0]) * wo
-        gbuf = _scratch("grad", m * b * oc, xt)  # grad_out of one chunk as (n, B, O)
-        pbuf = _scratch("patches", m * k * b, xt) if (need_w or need_x) else None
-        for r0, r1 in chunks:
-            loc = slice(r0 * wo, r1 * wo)
-            n = (r1 - r0) * wo
-            gl = gbuf[: n * b * oc].view(n, b, oc)
-            # a strided read into a small contiguous buffer: faster than whole-tensor
-            # layout changes, and no grad_out-sized temporary
-            gl.view(r1 - r0, wo, b, oc).copy_(grad_out[:, :, r0:r1].permute(2, 3, 0, 1))
-            if gb is not None:
-                torch.sum(gl, 1, out=gb[loc])
-            if gw is not None:
-                assert pbuf is not None
-                pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
-                torch.bmm(gl.transpose(1, 2), pt.transpose(1, 2), out=gw[loc])
-            if gxt is not None:
-                assert pbuf is not None
-                gpt = pbuf[: n * k * b].view(n, k, b)
-                torch.bmm(w[loc].transpose(1, 2), gl.transpose(1, 2), out=gpt)
-                _scatter_add(gxt, gpt, g, r0, r1)
-        del gbuf, pbuf
-        grad_x = grad_w = grad_b = None
-        if gxt is not None:
-            gxt = gxt[pt_ : pt_ + h, pl_ : pl_ + w_in]
-            fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-            grad_x = gxt.permute(3, 2, 0, 1).to(xt.dtype, memory_format=fmt)
-        if gw is not None:
-            grad_w = gw.view(weight.shape)
-        if gb is not None:
-            grad_b = gb.view(ho, wo, oc)
+        grad_x, grad_w, grad_b = _backward_core(
+            xt,
+            (xt.shape[2], xt.shape[3]),
+            weight,
+            grad_out,
+            ctx.geometry,
+            ctx.rows,
+            need_x,
+            need_w,
+            need_b and ctx.has_bias,
+            ctx.channels_last,
+        )
         return grad_x, grad_w, grad_b, None, None
+
+
+class _LocallyConnectedTransposeGemm(torch.autograd.Function):
+    """``z = LC(.; W)^T y + bias``: the adjoint of the layer of geometry ``g`` (whose input is
+    z and output y), on the same GEMM kernels: its forward is the layer's input gradient, its
+    input gradient the layer's forward, its weight gradient the layer's weight gradient with
+    the roles of input and output gradient swapped."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
+    ) -> Tensor:
+        channels_last = (
+            y.shape[0] > 1
+            and not y.is_contiguous()
+            and y.is_contiguous(memory_format=torch.channels_last)
+        )
+        z, _, _ = _backward_core(
+            None, (weight.shape[3], y.shape[0]), weight, y, g, rows, True, False, False,
+            channels_last,
+        )  # fmt: skip
+        assert z is not None
+        if bias is not None:
+            z = z.add_(bias.permute(2, 0, 1))
+        ctx.save_for_backward(y, weight)
+        ctx.geometry = g
+        ctx.rows = rows
+        ctx.has_bias = bias is not None
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:
+        y, weight = ctx.saved_tensors
+        g: Geometry = ctx.geometry
+        need_y, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_y = grad_w = grad_b = None
+        xt = None
+        if need_y:
+            grad_y, xt, _ = _forward_core(grad_z, weight, None, g, ctx.rows)
+        if need_w:
+            if xt is None:
+                xt = _to_hwcb(grad_z, g)
+            _, grad_w, _ = _backward_core(
+                xt, (xt.shape[2], xt.shape[3]), weight, y, g, ctx.rows, False, True, False,
+                False,
+            )  # fmt: skip
+        if need_b and ctx.has_bias:
+            grad_b = grad_z.sum(0).permute(1, 2, 0)
+        return grad_y, grad_w, grad_b, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,6 +447,31 @@ def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None, g: 
     if bias is not None:
         y = y + bias.reshape(ho * wo, oc).t()
     return y.reshape(b, oc, ho, wo)
+
+
+def locally_connected_transpose_unfold(
+    y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry
+) -> Tensor:
+    """The adjoint in plain autograd (``einsum`` + ``F.fold``): slower, twice differentiable."""
+    b = y.shape[0]
+    ho, wo = g.out_size
+    oc = weight.shape[2]
+    h, w_in = g.in_size
+    pt, pb, pl, pr = g.padding
+    w = weight.reshape(ho * wo, oc, -1)
+    cols = torch.einsum("bol,lok->bkl", y.reshape(b, oc, ho * wo), w)
+    z = F.fold(cols, (h + pt + pb, w_in + pl + pr), g.kernel, dilation=g.dilation, stride=g.stride)
+    z = z[:, :, pt : pt + h, pl : pl + w_in]
+    if bias is not None:
+        z = z + bias.permute(2, 0, 1)
+    return z
+
+
+def locally_connected_transpose_gemm(
+    y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None = None
+) -> Tensor:
+    """The adjoint of ``locally_connected_gemm`` (plus a per-location bias), on its kernels."""
+    return _LocallyConnectedTransposeGemm.apply(y, weight, bias, g, rows)
 
 
 def locally_connected_gemm(

@@ -32,7 +32,14 @@ from .._torch_compat import original, parametrization_list
 from ..ties.tile_share import TileShare
 from . import _lc_function as _lc
 
-__all__ = ["LocallyConnected1d", "LocallyConnected2d", "free_workspace", "unshare"]
+__all__ = [
+    "LocallyConnected1d",
+    "LocallyConnected2d",
+    "LocallyConnectedTranspose1d",
+    "LocallyConnectedTranspose2d",
+    "free_workspace",
+    "unshare",
+]
 
 IMPLEMENTATIONS = ("auto", "batched", "chunked", "unfold")
 free_workspace = _lc.free_workspace
@@ -258,13 +265,26 @@ class _LocallyConnectedNd(nn.Module):
         ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = in_channels * prod(kernel_size)``
         (what ``kaiming_uniform_(a=sqrt(5))`` gives). When tied, the free vector is drawn from
         the same law, so every entry keeps it."""
-        fan_in = self.in_channels * math.prod(self.kernel_size)
+        fan_in = self._fan_channels() * math.prod(self.kernel_size)
         bound = 1.0 / math.sqrt(fan_in)
         with torch.no_grad():
             for name in ("weight", "bias"):
                 t = self._storage(name)
                 if t is not None:
                     t.uniform_(-bound, bound)
+
+    def _fan_channels(self) -> int:
+        return self.in_channels
+
+    @staticmethod
+    def _unfold_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry) -> Tensor:
+        return _lc.locally_connected_unfold(x, weight, bias, g)
+
+    @staticmethod
+    def _gemm_kernel(
+        x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry, rows: int | None
+    ) -> Tensor:
+        return _lc.locally_connected_gemm(x, weight, bias, g, rows)
 
     # ------------------------------------------------------------------ forward
 
@@ -287,8 +307,11 @@ class _LocallyConnectedNd(nn.Module):
         ):
             return "unfold", None  # vmap/grad/jvp: the custom Function has no rules for them
         g = self._geometry
-        k = self.in_channels * math.prod(self.kernel_size)
-        rows = _lc.rows_for_budget(g, batch, k, self.out_channels, dtype)
+        # the GEMM's reduced and output dims: a transposed layer runs the adjoint's kernels
+        c, o = self.in_channels, self.out_channels
+        if isinstance(self, _LocallyConnectedTransposeNd):
+            c, o = o, c
+        rows = _lc.rows_for_budget(g, batch, c * math.prod(self.kernel_size), o, dtype)
         if self.implementation == "batched" or (
             self.implementation == "auto" and rows >= g.out_size[0]
         ):
@@ -329,9 +352,9 @@ class _LocallyConnectedNd(nn.Module):
             bias = None if bias is None else bias.unsqueeze(1)
         name, rows = self._plan(x.shape[0], weight.dtype)
         if name == "unfold":
-            y = _lc.locally_connected_unfold(x, weight, bias, g)
+            y = self._unfold_kernel(x, weight, bias, g)
         else:
-            y = _lc.locally_connected_gemm(x, weight, bias, g, rows)
+            y = self._gemm_kernel(x, weight, bias, g, rows)
         if self._n == 1:
             y = y.squeeze(-1)
         return y.squeeze(0) if unbatched else y
@@ -497,15 +520,201 @@ class LocallyConnected1d(_LocallyConnectedNd):
     _conv_name = "Conv1d"
 
 
+class _LocallyConnectedTransposeNd(_LocallyConnectedNd):
+    """The adjoint of a locally connected layer; shares the base's parameter machinery."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        input_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | Sequence[Sequence[int]] = 0,
+        output_padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        bias: bool = True,
+        tie: Tie | None = None,
+        implementation: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        nn.Module.__init__(self)
+        n = self._n
+        name = type(self).__name__
+        for label, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not _is_int(v) or v <= 0:
+                raise ValueError(f"{name}: {label} must be a positive int, got {v!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"{name}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        if isinstance(padding, str):
+            raise ValueError(f"{name}: padding must be ints, like nn.ConvTranspose, not a string")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _positive(_tuple(kernel_size, n, "kernel_size"), "kernel_size")
+        self.input_size = _positive(_tuple(input_size, n, "input_size"), "input_size")
+        self.stride = _positive(_tuple(stride, n, "stride"), "stride")
+        self.dilation = _positive(_tuple(dilation, n, "dilation"), "dilation")
+        self.output_padding = _tuple(output_padding, n, "output_padding")
+        if any(not 0 <= p < s for p, s in zip(self.output_padding, self.stride)):
+            raise ValueError(
+                f"{name}: output_padding must be >= 0 and smaller than the stride "
+                f"{self.stride}, got {self.output_padding}"
+            )
+        self.implementation = implementation
+        pads = _pads(padding, n, name)
+        sym = all(lo == hi for lo, hi in pads)
+        self.padding = tuple(lo for lo, _ in pads) if sym else tuple(pads)
+        self._pads = tuple(pads)
+        out = tuple(
+            (i - 1) * s - lo - hi + d * (k - 1) + op + 1
+            for i, s, (lo, hi), d, k, op in zip(
+                self.input_size, self.stride, pads, self.dilation, self.kernel_size,
+                self.output_padding,
+            )
+        )  # fmt: skip
+        if any(o <= 0 for o in out):
+            raise ValueError(
+                f"{name}: no output location: input_size={self.input_size} with "
+                f"kernel_size={self.kernel_size}, padding={self.padding}, stride={self.stride}, "
+                f"dilation={self.dilation}, output_padding={self.output_padding} gives output "
+                f"size {out}"
+            )
+        self.output_size = out
+        # the geometry of the layer this one is the adjoint of: its input is our output
+        if n == 2:
+            self._geometry = _lc.make_geometry(
+                out, self.kernel_size, self.stride, (*pads[0], *pads[1]), self.dilation
+            )
+        else:
+            self._geometry = _lc.make_geometry(
+                (out[0], 1),
+                (self.kernel_size[0], 1),
+                (self.stride[0], 1),
+                (*pads[0], 0, 0),
+                (self.dilation[0], 1),
+            )
+        assert self._geometry.out_size[: self._n] == self.input_size[: self._n]
+        self.weight = nn.Parameter(
+            torch.empty(
+                (*self.input_size, in_channels, out_channels, *self.kernel_size),
+                device=device,
+                dtype=dtype,
+            )
+        )
+        if bias:
+            self.bias = nn.Parameter(torch.empty((*out, out_channels), device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+        self.tie = None
+        if tie is not None:
+            self._apply_tie(tie)
+
+    def _fan_channels(self) -> int:
+        return self.out_channels  # as nn.ConvTranspose: its weight's dim 1
+
+    @staticmethod
+    def _unfold_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry) -> Tensor:
+        return _lc.locally_connected_transpose_unfold(x, weight, bias, g)
+
+    @staticmethod
+    def _gemm_kernel(
+        x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry, rows: int | None
+    ) -> Tensor:
+        return _lc.locally_connected_transpose_gemm(x, weight, bias, g, rows)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if any(self.output_padding):
+            s += f", output_padding={self.output_padding}"
+        return s
+
+
+_TRANSPOSE_DOC = """
+    The adjoint of ``{lc}(out_channels, in_channels, kernel_size, input_size=output_size,
+    stride, padding, dilation)``: with the same weight (and no bias),
+    ``<y, lc(x)> = <lct(y), x>``. Output size as ``nn.{conv}``:
+    ``(input - 1) * stride - pad_before - pad_after + dilation * (kernel - 1) +
+    output_padding + 1`` per dim. ``padding`` is an int, a tuple, or per side
+    ({per_side}); ``output_padding`` must be smaller than the stride. ``tie`` and
+    ``implementation`` as for ``{lc}`` (the same GEMM kernels, run as the layer's input
+    gradient); ``TileShare(1)`` makes it ``nn.{conv}`` with a per-channel bias.
+
+    Attributes:
+        weight: ``{wshape}``, the layout of the layer it is the adjoint of.
+        bias: ``{bshape}`` (one per output location) or None.
+        output_size: the number of output locations per spatial dim.
+"""
+
+
+class LocallyConnectedTranspose2d(_LocallyConnectedTransposeNd):
+    __doc__ = (
+        """A transposed 2-d convolution with unshared weights.
+"""
+        + _TRANSPOSE_DOC.format(
+            lc="LocallyConnected2d",
+            conv="ConvTranspose2d",
+            per_side="``((top, bottom), (left, right))``",
+            wshape="(H_in, W_in, in_channels, out_channels, kh, kw)",
+            bshape="(H_out, W_out, out_channels)",
+        )
+        + """
+    Example:
+        >>> import torch
+        >>> lct = LocallyConnectedTranspose2d(8, 3, 4, input_size=7, stride=2, padding=1)
+        >>> lct.output_size, tuple(lct.weight.shape)
+        ((14, 14), (7, 7, 8, 3, 4, 4))
+        >>> lc = LocallyConnected2d(3, 8, 4, input_size=14, stride=2, padding=1, bias=False)
+        >>> lct.weight = torch.nn.Parameter(lc.weight.detach().clone())
+        >>> x, y = torch.randn(1, 3, 14, 14), torch.randn(1, 8, 7, 7)
+        >>> lct.bias = None
+        >>> torch.allclose((y * lc(x)).sum(), (lct(y) * x).sum(), atol=1e-4)
+        True
+    """
+    )
+    _n = 2
+    _conv_name = "ConvTranspose2d"
+
+
+class LocallyConnectedTranspose1d(_LocallyConnectedTransposeNd):
+    __doc__ = (
+        """A transposed 1-d convolution with unshared weights.
+"""
+        + _TRANSPOSE_DOC.format(
+            lc="LocallyConnected1d",
+            conv="ConvTranspose1d",
+            per_side="``(before, after)``",
+            wshape="(L_in, in_channels, out_channels, k)",
+            bshape="(L_out, out_channels)",
+        )
+        + """
+    Example:
+        >>> import torch
+        >>> lct = LocallyConnectedTranspose1d(4, 2, 3, input_size=10, stride=2)
+        >>> lct(torch.randn(5, 4, 10)).shape
+        torch.Size([5, 2, 21])
+    """
+    )
+    _n = 1
+    _conv_name = "ConvTranspose1d"
+
+
 def unshare(
-    conv: nn.Conv1d | nn.Conv2d, input_size: int | Sequence[int], *, implementation: str = "auto"
-) -> LocallyConnected1d | LocallyConnected2d:
+    conv: nn.Conv1d | nn.Conv2d | nn.ConvTranspose1d | nn.ConvTranspose2d,
+    input_size: int | Sequence[int],
+    *,
+    implementation: str = "auto",
+) -> _LocallyConnectedNd:
     """The locally connected layer equal to ``conv`` on inputs of size ``input_size``.
 
-    Stride, padding (including ``"same"``), dilation and bias are kept; the conv's kernel (and
-    bias) is copied to every location, so the two layers give the same output at creation;
-    afterwards every location trains its own copy. Only ``groups=1`` and zero padding
-    (``padding_mode="zeros"``) are supported.
+    Stride, padding (including ``"same"``), dilation and bias are kept (and
+    ``output_padding`` for a transposed conv, which gives a ``LocallyConnectedTranspose*d``);
+    the conv's kernel (and bias) is copied to every location, so the two layers give the same
+    output at creation; afterwards every location trains its own copy. Only ``groups=1`` and
+    zero padding (``padding_mode="zeros"``) are supported.
 
     Example:
         >>> import torch
@@ -515,12 +724,18 @@ def unshare(
         >>> torch.allclose(lc(x), conv(x), atol=1e-6)
         True
     """
-    if isinstance(conv, nn.Conv2d):
-        cls: type[_LocallyConnectedNd] = LocallyConnected2d
-    elif isinstance(conv, nn.Conv1d):
-        cls = LocallyConnected1d
-    else:
-        raise TypeError(f"unshare: expected an nn.Conv1d or nn.Conv2d, got {type(conv).__name__}")
+    classes: list[tuple[type[nn.Module], type[_LocallyConnectedNd]]] = [
+        (nn.ConvTranspose2d, LocallyConnectedTranspose2d),
+        (nn.ConvTranspose1d, LocallyConnectedTranspose1d),
+        (nn.Conv2d, LocallyConnected2d),
+        (nn.Conv1d, LocallyConnected1d),
+    ]
+    cls = next((c for t, c in classes if isinstance(conv, t)), None)
+    if cls is None:
+        raise TypeError(
+            "unshare: expected an nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d or "
+            f"nn.ConvTranspose2d, got {type(conv).__name__}"
+        )
     if conv.groups != 1:
         raise ValueError(f"unshare: only groups=1 is supported, got groups={conv.groups}")
     if conv.padding_mode != "zeros":
@@ -528,22 +743,38 @@ def unshare(
             f"unshare: only zero padding is supported, got padding_mode={conv.padding_mode!r}"
         )
     weight = conv.weight.detach()
-    layer = cls(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        input_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+    common = dict(
         bias=conv.bias is not None,
         implementation=implementation,
         device=weight.device,
         dtype=weight.dtype,
     )
+    if issubclass(cls, _LocallyConnectedTransposeNd):
+        assert isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d))
+        layer: _LocallyConnectedNd = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            input_size,
+            stride=conv.stride,
+            padding=conv.padding,  # type: ignore[arg-type]
+            output_padding=conv.output_padding,
+            dilation=conv.dilation,
+            **common,  # type: ignore[arg-type]
+        )
+    else:
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            input_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            **common,  # type: ignore[arg-type]
+        )
     with torch.no_grad():
         layer.weight.copy_(weight.expand_as(layer.weight))
         if conv.bias is not None and layer.bias is not None:
             layer.bias.copy_(conv.bias.detach().expand_as(layer.bias))
-    assert isinstance(layer, (LocallyConnected1d, LocallyConnected2d))
     return layer
