@@ -263,8 +263,8 @@ def run(quick: bool) -> str:
             keras_x = KERAS_IMPL1_MS[case] / KERAS_CONV_MS[case]  # Keras time in Conv2d units
             notes.append(
                 f"  Keras impl 1, graph mode (quoted: {KERAS_IMPL1_MS[case]} ms = {keras_x:.2f}x "
-                f"Conv2d): LC auto NCHW is {keras_x * conv / picked:.2f}x faster, channels-last "
-                f"{keras_x * conv / times['LC auto, channels_last x']:.2f}x"
+                f"Conv2d): Keras time / LC auto time: NCHW {keras_x * conv / picked:.2f}, "
+                f"channels-last {keras_x * conv / times['LC auto, channels_last x']:.2f}"
             )
     header = ["case", "variant", "ms", "x Conv2d", "vs forum", "RSS MiB", "tensors MiB"]
     return table(header, rows) + "\n" + "\n".join(notes)

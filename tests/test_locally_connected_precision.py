@@ -103,3 +103,45 @@ def test_mixed_precision_training_keeps_tie_exact(impl):
     for i in range(6):
         for j in range(6):
             assert torch.equal(w[i, j], w[i % 2, j % 2])  # the tie stays exact
+
+
+def grouped_loop_reference(x, weight, bias, groups):
+    """Explicit loops over locations and groups (no padding, stride 1)."""
+    ho, wo, o, cg, kh, kw = weight.shape
+    og = o // groups
+    y = torch.empty(x.shape[0], o, ho, wo, dtype=x.dtype)
+    for i in range(ho):
+        for j in range(wo):
+            for gi in range(groups):
+                patch = x[:, gi * cg : (gi + 1) * cg, i : i + kh, j : j + kw].flatten(1)
+                w = weight[i, j, gi * og : (gi + 1) * og].flatten(1)
+                y[:, gi * og : (gi + 1) * og, i, j] = (
+                    patch @ w.t() + bias[i, j, gi * og : (gi + 1) * og]
+                )
+    return y
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("groups,cin,cout", [(2, 4, 6), (3, 3, 3), (4, 4, 8)])
+def test_groups_match_loops_unshared_conv_and_gradcheck(impl, groups, cin, cout, monkeypatch):
+    from tietorch.layers import _lc_function as lcf
+
+    monkeypatch.setattr(lcf, "SCRATCH_BUDGET", 1)  # chunked: one row per chunk
+    torch.manual_seed(0)
+    lc = LocallyConnected2d(
+        cin, cout, (3, 2), input_size=(6, 5), groups=groups, implementation=impl,
+        dtype=torch.float64,
+    )  # fmt: skip
+    assert lc.weight.shape == (4, 4, cout, cin // groups, 3, 2)
+    x = torch.randn(2, cin, 6, 5, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(lc(x), grouped_loop_reference(x, lc.weight, lc.bias, groups))
+    assert torch.autograd.gradcheck(lambda x, w, b: lc._gemm_kernel(x, w, b, lc._geometry, 1)
+                                    if impl != "unfold" else
+                                    lc._unfold_kernel(x, w, b, lc._geometry),
+                                    (x, lc.weight, lc.bias))  # fmt: skip
+    conv = nn.Conv2d(cin, cout, 3, padding=1, groups=groups, dtype=torch.float64)
+    unshared = unshare(conv, (6, 5), implementation=impl)
+    assert "groups=" in repr(unshared)
+    torch.testing.assert_close(unshared(x), conv(x))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        LocallyConnected2d(cin, cout + 1, 3, input_size=6, groups=groups)

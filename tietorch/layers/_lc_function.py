@@ -245,11 +245,13 @@ def _forward_core(
     ho, wo = g.out_size
     oc = weight.shape[2]
     k = c * g.kernel[0] * g.kernel[1]
+    groups = c // weight.shape[3]  # each group: its own C/G inputs to its own O/G outputs
+    kg, og = k // groups, oc // groups
     channels_last = (
         b > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     )
-    w = weight.reshape(ho * wo, oc, k)  # a view for the usual contiguous weight
-    bias_l = None if bias is None else bias.reshape(ho * wo, 1, oc)
+    w = weight.reshape(ho * wo * groups, og, kg)  # a view for the usual contiguous weight
+    bias_l = None if bias is None else bias.reshape(ho * wo * groups, 1, og)
     xt = _to_hwcb(x, g)
     chunks = _row_chunks(ho, rows)
     m = (chunks[0][1] - chunks[0][0]) * wo  # locations per chunk (the first is the largest)
@@ -264,13 +266,15 @@ def _forward_core(
     for r0, r1 in chunks:
         loc = slice(r0 * wo, r1 * wo)
         n = (r1 - r0) * wo
-        pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
-        o = obuf[: n * b * oc].view(n, b, oc)
+        gloc = slice(r0 * wo * groups, r1 * wo * groups)
+        pt = _gather(xt, g, r0, r1, pbuf[: n * k * b]).view(n * groups, kg, b)
+        o = obuf[: n * b * oc].view(n * groups, b, og)
         if bias_l is not None:
-            torch.baddbmm(bias_l[loc], pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
+            torch.baddbmm(bias_l[gloc], pt.transpose(1, 2), w[gloc].transpose(1, 2), out=o)
         else:
-            torch.bmm(pt.transpose(1, 2), w[loc].transpose(1, 2), out=o)
-        blo[:, loc] = o.transpose(0, 1)  # moves rows of O: cheap
+            torch.bmm(pt.transpose(1, 2), w[gloc].transpose(1, 2), out=o)
+        # (n, G, B, O/G) -> (B, n, O): moves rows of O/G: cheap
+        blo[:, loc].view(b, n, groups, og).copy_(o.view(n, groups, b, og).permute(2, 0, 1, 3))
     y = blo.view(b, ho, wo, oc).permute(0, 3, 1, 2)  # the result, channels-last
     if channels_last:
         return y, xt, True
@@ -298,13 +302,15 @@ def _backward_core(
     ho, wo = g.out_size
     oc = weight.shape[2]
     k = c * g.kernel[0] * g.kernel[1]
+    groups = c // weight.shape[3]
+    kg, og = k // groups, oc // groups
     pt_, pb_, pl_, pr_ = g.padding
     dtype = grad_out.dtype
-    w = weight.reshape(ho * wo, oc, k)
+    w = weight.reshape(ho * wo * groups, og, kg)
     # never accumulate in 16-bit floats: the kh*kw overlapping adds go to a float32 buffer
     acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     gxt = grad_out.new_zeros((h + pt_ + pb_, w_in + pl_ + pr_, c, b), dtype=acc) if need_x else None
-    gw = grad_out.new_empty(ho * wo, oc, k) if need_w else None
+    gw = grad_out.new_empty(ho * wo * groups, og, kg) if need_w else None
     gb = grad_out.new_empty(ho * wo, oc) if need_b else None
     chunks = _row_chunks(ho, rows)
     m = (chunks[0][1] - chunks[0][0]) * wo
@@ -312,22 +318,24 @@ def _backward_core(
     pbuf = _scratch("patches", m * k * b, grad_out) if (need_w or need_x) else None
     for r0, r1 in chunks:
         loc = slice(r0 * wo, r1 * wo)
+        gloc = slice(r0 * wo * groups, r1 * wo * groups)
         n = (r1 - r0) * wo
-        gl = gbuf[: n * b * oc].view(n, b, oc)
-        # a strided read into a small contiguous buffer: faster than whole-tensor
-        # layout changes, and no grad_out-sized temporary
-        gl.view(r1 - r0, wo, b, oc).copy_(grad_out[:, :, r0:r1].permute(2, 3, 0, 1))
+        gl = gbuf[: n * b * oc].view(n * groups, b, og)
+        # a strided read into a small contiguous (n, G, B, O/G) buffer: faster than
+        # whole-tensor layout changes, and no grad_out-sized temporary
+        go = grad_out[:, :, r0:r1].unflatten(1, (groups, og))  # (B, G, O/G, rows, Wo)
+        gl.view(r1 - r0, wo, groups, b, og).copy_(go.permute(3, 4, 1, 0, 2))
         if gb is not None:
-            torch.sum(gl, 1, out=gb[loc])
+            torch.sum(gl.view(n, groups, b, og), 2, out=gb[loc].view(n, groups, og))
         if gw is not None:
             assert pbuf is not None and xt is not None
-            pt = _gather(xt, g, r0, r1, pbuf[: n * k * b])
-            torch.bmm(gl.transpose(1, 2), pt.transpose(1, 2), out=gw[loc])
+            pt = _gather(xt, g, r0, r1, pbuf[: n * k * b]).view(n * groups, kg, b)
+            torch.bmm(gl.transpose(1, 2), pt.transpose(1, 2), out=gw[gloc])
         if gxt is not None:
             assert pbuf is not None
-            gpt = pbuf[: n * k * b].view(n, k, b)
-            torch.bmm(w[loc].transpose(1, 2), gl.transpose(1, 2), out=gpt)
-            _scatter_add(gxt, gpt, g, r0, r1)
+            gpt = pbuf[: n * k * b].view(n * groups, kg, b)
+            torch.bmm(w[gloc].transpose(1, 2), gl.transpose(1, 2), out=gpt)
+            _scatter_add(gxt, gpt.view(n, k, b), g, r0, r1)
     del gbuf, pbuf
     grad_x = grad_w = grad_b = None
     if gxt is not None:
@@ -442,8 +450,9 @@ def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None, g: 
     if pt or pb or pl or pr:
         x = F.pad(x, (pl, pr, pt, pb))
     cols = F.unfold(x, g.kernel, dilation=g.dilation, stride=g.stride)  # (B, K, L)
-    w = weight.reshape(ho * wo, oc, -1)
-    y = torch.einsum("bkl,lok->bol", cols, w)
+    groups = x.shape[1] // weight.shape[3]
+    w = weight.reshape(ho * wo, groups, oc // groups, -1)
+    y = torch.einsum("bgkl,lgok->bgol", cols.unflatten(1, (groups, -1)), w).flatten(1, 2)
     if bias is not None:
         y = y + bias.reshape(ho * wo, oc).t()
     return y.reshape(b, oc, ho, wo)

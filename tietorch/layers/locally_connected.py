@@ -145,13 +145,24 @@ class _LocallyConnectedNd(nn.Module):
         implementation: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         n = self._n
         name = type(self).__name__
-        for label, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+        for label, v in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("groups", groups),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}: {label} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must "
+                f"be divisible by groups ({groups}), like nn.{self._conv_name}"
+            )
+        self.groups = groups
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(
                 f"{name}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
@@ -219,7 +230,9 @@ class _LocallyConnectedNd(nn.Module):
 
         self.weight = nn.Parameter(
             torch.empty(
-                (*out, out_channels, in_channels, *self.kernel_size), device=device, dtype=dtype
+                (*out, out_channels, in_channels // groups, *self.kernel_size),
+                device=device,
+                dtype=dtype,
             )
         )
         if bias:
@@ -274,7 +287,7 @@ class _LocallyConnectedNd(nn.Module):
                     t.uniform_(-bound, bound)
 
     def _fan_channels(self) -> int:
-        return self.in_channels
+        return self.in_channels // self.groups
 
     @staticmethod
     def _unfold_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry) -> Tensor:
@@ -395,6 +408,8 @@ class _LocallyConnectedNd(nn.Module):
             )
         if self.dilation != (1,) * self._n:
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
         if self.implementation != "auto":
@@ -405,7 +420,9 @@ class _LocallyConnectedNd(nn.Module):
 _CLASS_DOC = """
     Arguments and conventions as ``nn.{conv}``, on {layout}.
     ``stride``, ``padding`` and ``dilation``: an int or a tuple; ``padding`` also ``"valid"``
-    or ``"same"`` (the latter only with stride 1, like the conv); zero padding. In addition:
+    or ``"same"`` (the latter only with stride 1, like the conv), or per side
+    (``((top, bottom), (left, right))``, in 1-d ``(before, after)``); zero padding;
+    ``groups`` as the conv's (the weight's dim 3 is ``in_channels // groups``). In addition:
 
     Args:
         input_size: the spatial size of the input ({size}); it fixes the output locations, and
@@ -558,6 +575,7 @@ class _LocallyConnectedTransposeNd(_LocallyConnectedNd):
         self.stride = _positive(_tuple(stride, n, "stride"), "stride")
         self.dilation = _positive(_tuple(dilation, n, "dilation"), "dilation")
         self.output_padding = _tuple(output_padding, n, "output_padding")
+        self.groups = 1
         if any(not 0 <= p < s for p, s in zip(self.output_padding, self.stride)):
             raise ValueError(
                 f"{name}: output_padding must be >= 0 and smaller than the stride "
@@ -713,8 +731,9 @@ def unshare(
     Stride, padding (including ``"same"``), dilation and bias are kept (and
     ``output_padding`` for a transposed conv, which gives a ``LocallyConnectedTranspose*d``);
     the conv's kernel (and bias) is copied to every location, so the two layers give the same
-    output at creation; afterwards every location trains its own copy. Only ``groups=1`` and
-    zero padding (``padding_mode="zeros"``) are supported.
+    output at creation; afterwards every location trains its own copy. Grouped convs
+    (depthwise included) keep their groups; transposed ones need ``groups=1``; only zero
+    padding (``padding_mode="zeros"``) is supported.
 
     Example:
         >>> import torch
@@ -736,8 +755,10 @@ def unshare(
             "unshare: expected an nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d or "
             f"nn.ConvTranspose2d, got {type(conv).__name__}"
         )
-    if conv.groups != 1:
-        raise ValueError(f"unshare: only groups=1 is supported, got groups={conv.groups}")
+    if conv.groups != 1 and issubclass(cls, _LocallyConnectedTransposeNd):
+        raise ValueError(
+            f"unshare: grouped transposed convs are not supported, got groups={conv.groups}"
+        )
     if conv.padding_mode != "zeros":
         raise ValueError(
             f"unshare: only zero padding is supported, got padding_mode={conv.padding_mode!r}"
@@ -771,6 +792,7 @@ def unshare(
             stride=conv.stride,
             padding=conv.padding,
             dilation=conv.dilation,
+            groups=conv.groups,
             **common,  # type: ignore[arg-type]
         )
     with torch.no_grad():
