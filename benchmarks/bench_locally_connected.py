@@ -1,9 +1,10 @@
 """Locally connected layers: speed (forward+backward) and peak memory against nn.Conv2d, the
-forum snippet the capability started from (seeds/000), and plain unfold+einsum.
+forum snippet (https://discuss.pytorch.org/t/locally-connected-layers/26979),
+and plain unfold+einsum.
 
 Run: ``python benchmarks/bench_locally_connected.py [--quick]`` (or ``python -m benchmarks``).
 
-Protocol (as in the research notes): one training step's forward+backward, ``y.backward(g)``
+Protocol: one training step's forward+backward, ``y.backward(g)``
 with a fixed random ``g``, parameter gradients reset to None before each step; the input does
 not require grad (a first layer) except in the "+grad x" case. All variants of a case run
 interleaved round-robin in one process; the figures are medians in ms. Peak memory is measured
@@ -63,7 +64,7 @@ KERAS_CONV_MS = {"main": 3.2, "mid": 2.2}
 
 
 class ForumLocallyConnected2d(nn.Module):
-    """The forum answer (seeds/000), verbatim apart from formatting and an unused unpacking."""
+    """The forum answer (module docstring), verbatim but for formatting and one unpacking."""
 
     def __init__(self, in_channels, out_channels, output_size, kernel_size, stride, bias=False):
         super().__init__()
@@ -102,7 +103,7 @@ def build(case: str, channels_last_copy: bool = True):
     mods: dict[str, nn.Module] = {"nn.Conv2d": conv}
     product = batch * cout * cin * out * out * k * k * 4
     if product <= FORUM_MAX_PRODUCT:
-        mods["forum snippet (seed 000)"] = ForumLocallyConnected2d(cin, cout, out, k, stride, True)
+        mods["forum snippet"] = ForumLocallyConnected2d(cin, cout, out, k, stride, True)
     mods["unfold+einsum (impl unfold)"] = LocallyConnected2d(
         cin, cout, k, size, stride=stride, implementation="unfold"
     )
@@ -239,7 +240,7 @@ def run(quick: bool) -> str:
         times = interleaved_medians({n: step_fn(m, x, g) for n, m in mods.items()}, repeats)
         mem = measure_memory(case) if (not quick or case == "main") else {}
         conv = times["nn.Conv2d"]
-        forum = times.get("forum snippet (seed 000)")
+        forum = times.get("forum snippet")
         for name, ms in times.items():
             rss, tensors = mem.get(name, [None, None])
             rows.append(

@@ -1,10 +1,11 @@
 """Locally connected layers: parameter counts, a small net on synthetic data, tiling, unshare.
 
-Seeds 000 and 001 ask for a convolution whose kernel differs at every output location
-(``LocallyConnected2D`` in Keras; a forum snippet built from ``unfold``). This script
+Users moving from Keras (``LocallyConnected2D``) or from a forum snippet built from ``unfold``
+(https://discuss.pytorch.org/t/locally-connected-layers/26979) ask for a convolution whose kernel
+differs at every output location. This script
 
-1. checks the parameter counts against the seed's formula (``3*3*3*2*(22*22) = 26136``) and the
-   Keras documentation's example;
+1. checks the parameter counts against the forum question's formula
+   (``3*3*3*2*(22*22) = 26136``) and the Keras documentation's example;
 2. trains, on data made by a *location-dependent* teacher (kernels repeating with period 2
    over the image, plus a little per-location noise), a plain ``Conv2d``, a tiled locally
    connected layer (``tie=TileShare(2)``: 2 x 2 kernels repeating over the image) and a fully
@@ -48,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     c_in, c_out, k = 2, 4, 3
 
     print("1. Parameter counts")
-    seed = LocallyConnected2d(3, 2, 3, input_size=24, bias=False)  # the forum thread's layer
+    forum = LocallyConnected2d(3, 2, 3, input_size=24, bias=False)  # the forum thread's layer
     print(
         f"   forum example, 3 -> 2 channels, 3x3, 24x24 input: weight "
-        f"{tuple(seed.weight.shape)}, {seed.weight.numel():,} entries"
+        f"{tuple(forum.weight.shape)}, {forum.weight.numel():,} entries"
     )
-    check("3*3*3*2*(22*22) == 26136", seed.weight.numel() == 3 * 3 * 3 * 2 * (22 * 22) == 26136)
+    check("3*3*3*2*(22*22) == 26136", forum.weight.numel() == 3 * 3 * 3 * 2 * (22 * 22) == 26136)
     keras = LocallyConnected2d(3, 64, (3, 3), input_size=(32, 32))  # Keras docs' example
     expected = (30 * 30) * (3 * 3 * 3 * 64) + (30 * 30) * 64
     print(f"   Keras docs example, 3 -> 64 channels, 3x3, 32x32 input: {n_params(keras):,}")

@@ -25,8 +25,9 @@ DT = torch.float64
 
 
 def forum_reference(x, weight, bias, stride, pads, dilation):
-    """The seed forum answer's formula (unfold + broadcast multiply + sum), generalized to
-    padding and dilation, on the weight rearranged to its layout ``(1, O, C, Ho, Wo, kh*kw)``.
+    """The forum answer's formula (unfold, broadcast multiply, sum;
+    https://discuss.pytorch.org/t/locally-connected-layers/26979), generalized to padding and
+    dilation, on the weight rearranged to its layout ``(1, O, C, Ho, Wo, kh*kw)``.
 
     ``pads`` is ``(top, bottom, left, right)``; x is (B, C, H, W), weight (Ho, Wo, O, C, kh, kw).
     """
@@ -377,8 +378,8 @@ def test_locality_input_and_parameters(impl, tiny_budget):
 
 
 def test_parameter_counts():
-    seed = LocallyConnected2d(3, 2, 3, input_size=24, bias=False)  # the forum's example
-    assert seed.weight.numel() == 3 * 3 * 3 * 2 * (22 * 22) == 26136
+    forum = LocallyConnected2d(3, 2, 3, input_size=24, bias=False)  # the forum's example
+    assert forum.weight.numel() == 3 * 3 * 3 * 2 * (22 * 22) == 26136
     keras = LocallyConnected2d(3, 64, (3, 3), input_size=(32, 32))  # Keras docs' example
     assert keras.output_size == (30, 30)
     n = sum(p.numel() for p in keras.parameters())

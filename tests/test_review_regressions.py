@@ -112,7 +112,7 @@ def test_a_long_1d_locally_connected_layer_works_in_bounded_blocks(monkeypatch):
     monkeypatch.setattr(_lc, "SCRATCH_BUDGET", 64 << 10)  # many blocks, even for a batch of 2
     assert layer.implementation_for(2) == "chunked"
     x = torch.randn(2, 8, 4096, dtype=torch.float64)
-    # the seed's formula, on the 1-d layer viewed as 2-d with height 1
+    # the forum answer's formula, on the 1-d layer viewed as 2-d with height 1
     expected = forum_reference(
         x.unsqueeze(2),
         layer.weight.unsqueeze(0).unsqueeze(-2),

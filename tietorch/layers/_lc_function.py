@@ -166,7 +166,7 @@ class _Workspace(threading.local):
 
     Fresh multi-MB CPU allocations are page-faulted in on every call once glibc has handed the
     memory back to the OS (it trims the heap top past a threshold), and first-touch faults are
-    expensive in VMs: on the machines the research notes describe, re-faulting the
+    expensive in VMs: on the 2-core CPU VMs this was measured on, re-faulting the
     output-sized temporary and the chunk buffers cost about as much as the GEMMs. So the
     temporaries that never escape a call (the (B, L, O) staging tensor and the per-chunk
     patch / GEMM / grad buffers) live here; outputs and gradients are always fresh tensors.

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._register import register_tie
-from .._tie import Tie
+from .._tie import AllOf, Tie
 from .._torch_compat import original, parametrization_list
 from ..ties.tile_share import TileShare
 from . import _lc_function as _lc
@@ -108,7 +108,7 @@ def _pads(padding: object, n: int, name: str) -> list[tuple[int, int]]:
 def _bias_tie(tie: Tie, weight_ndim: int) -> Tie | None:
     """The part of ``tie`` that also makes sense for the bias: its ``TileShare`` parts, with
     their location dims counted from the front (the bias has fewer dims than the weight)."""
-    parts = getattr(tie, "ties", (tie,))
+    parts = tie.ties if isinstance(tie, AllOf) else (tie,)
     shares = [
         TileShare(t.tile, dims=tuple(d % weight_ndim for d in t.dims))
         for t in parts
@@ -247,7 +247,7 @@ class _LocallyConnectedNd(nn.Module):
     # ------------------------------------------------------------------ parameters
 
     def _apply_tie(self, tie: Tie) -> None:
-        parts = getattr(tie, "ties", (tie,))
+        parts = tie.ties if isinstance(tie, AllOf) else (tie,)
         for part in parts:
             if isinstance(part, TileShare):
                 bad = [d for d in part.dims if d % len(self.weight.shape) >= self._n]
