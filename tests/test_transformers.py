@@ -313,3 +313,60 @@ def test_resize_refuses_a_structured_tie_and_leaves_the_model() -> None:
         hf.resize_token_embeddings(model, 50)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in after)
+
+
+def _default_tied(family: str) -> Any:
+    """transformers' default model: tie_word_embeddings=True, one Parameter in two modules."""
+    base, config = CONFIGS[family]()
+    config.tie_word_embeddings = True
+    model = base(config)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    return model
+
+
+def _tie_one_holder(how: str, model: Any) -> None:
+    embed = model.get_input_embeddings()
+    names = {m: n for n, m in model.named_modules()}
+    if how == "register_tie":
+        tietorch.register_tie(embed, "weight", tietorch.ShareAlong(1))
+    elif how == "tie_tensors":  # without model=: the other holder is not among the tensors
+        other = model.model.layers[0].mlp.gate_proj if hasattr(model, "model") else None
+        other = other if other is not None else model.transformer.h[0].mlp.c_fc
+        tietorch.tie_tensors([(embed, "weight"), (other, "weight")], relation=lambda i, j: (0, 0))
+    elif how == "tie_modules":
+        tietorch.tie_modules(model, tietorch.ShareAlong(1), types=torch.nn.Embedding)
+    else:
+        tietorch.tie_model(model, {f"{names[embed]}.weight": tietorch.ShareAlong(1)})
+
+
+@pytest.mark.parametrize("how", ["register_tie", "tie_tensors", "tie_modules", "tie_model"])
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_a_parameter_held_by_two_modules_is_never_changed_through_one(
+    family: str, how: str
+) -> None:
+    model = _default_tied(family)
+    shared = model.lm_head.weight
+    before = shared.detach().clone()
+    with pytest.raises(tietorch.errors.TargetError, match=r"lm_head|Linear\.weight") as caught:
+        _tie_one_holder(how, model)
+    message = str(caught.value)  # both holders named: qualified names where a model is known
+    assert ("Embedding.weight" in message and "Linear.weight" in message) or (
+        "lm_head.weight" in message and ("wte.weight" in message or "embed_tokens" in message)
+    )
+    assert model.lm_head.weight is shared and model.get_input_embeddings().weight is shared
+    assert torch.equal(shared, before) and shared.shape == before.shape
+    assert tietorch.summary(model).rows == ()
+    ids = torch.randint(3, 40, (2, 5))
+    model(ids)  # still runs: nothing was half-changed
+
+
+def test_a_held_elsewhere_check_names_holders_in_the_same_module() -> None:
+    holder = torch.nn.Module()
+    holder.a = torch.nn.Parameter(torch.randn(3, 3))
+    holder.b = holder.a
+    with pytest.raises(tietorch.errors.TargetError, match=r"Module\.a .* also held by Module\.b"):
+        tietorch.register_tie(holder, "a", tietorch.Symmetric())
+    lone = torch.nn.Linear(3, 3)
+    alias = lone.weight  # a plain reference (not a module) is no other holder
+    tietorch.register_tie(lone, "weight", tietorch.Symmetric())
+    assert alias is lone.parametrizations.weight.original

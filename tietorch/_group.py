@@ -17,11 +17,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._layout import Init, TieLayout, check_init, on_cpu
+from ._layout import Init, Shape, TieLayout, check_init, on_cpu
 from ._parametrization import GroupMembership, TieParametrization, _install
 from ._register import _log, _prepare, _refuse_shared, _tieable, register_tie
 from ._solver import _KeyConstraint, _RelationConstraint, solve
-from ._tie import Tie, _evaluate_relations, _grids, check_size
+from ._tie import (
+    RELATION_BYTES_PER_ENTRY,
+    SIGNED_BYTES_PER_ENTRY,
+    Tie,
+    _evaluate_relations,
+    _grids,
+    check_size,
+)
 from ._torch_compat import parametrization_list
 from ._transaction import all_or_nothing
 from .errors import DeclarationError, ShapeError, TargetError, TieTypeError, _context
@@ -101,6 +108,22 @@ def _per_follower(value: Any, followers: int, what: str) -> list[Any]:
     return [value] * followers
 
 
+def _group_bytes_per_entry(
+    plain: bool, lead: Tensor, ties: Sequence[Tie | None], signs: Sequence[Any], shapes: list[Shape]
+) -> int:
+    """Peak bytes per entry (of all the tensors together) to lay out a group: equal tensors
+    need the index (int64) and, off the meta device, a copy of the values and the free vector;
+    anything else is solved."""
+    if plain:
+        return 16 + (0 if lead.is_meta else 2 * lead.element_size())
+    signed = any(not (type(s) is int and s == 1) for s in signs)
+    relations = SIGNED_BYTES_PER_ENTRY if signed else RELATION_BYTES_PER_ENTRY
+    return max(
+        [relations]
+        + [t._solve_bytes_per_entry(s) for t, s in zip(ties, shapes) if isinstance(t, Tie)]
+    )
+
+
 @on_cpu
 def _solve_group(
     tensors: Sequence[TensorRef],
@@ -119,16 +142,11 @@ def _solve_group(
     seen = {(id(module), name) for module, name, _ in resolved}
     if len(seen) != len(resolved):
         raise TargetError(f"{where}: the same tensor is listed twice")
+    if model is not None:  # names the holders by their qualified names in the model
+        _refuse_shared(model, labels, where)
     members = []
     for module, name, label in resolved:
         members.append((module, name, label, _tieable(module, name, where)))
-    if len({id(tensor) for *_, tensor in members}) != len(members):
-        raise TargetError(
-            f"{where}: some of these names hold one and the same tensor object; give each "
-            "module its own nn.Parameter first (the group then keeps them equal)"
-        )
-    if model is not None:
-        _refuse_shared(model, labels, where)
     lead = members[0][3]
     for _, _, label, tensor in members[1:]:
         if (tensor.dtype, tensor.device) != (lead.dtype, lead.device):
@@ -164,7 +182,11 @@ def _solve_group(
         and all(shape == shapes[0] for shape in shapes)
     )
     with _context(where):
-        check_size(descriptions[0], (offsets[-1],))
+        check_size(
+            descriptions[0],
+            (offsets[-1],),
+            _group_bytes_per_entry(plain, lead, ties, signs, shapes),
+        )
         for k, tie in enumerate(ties):
             if tie is None:
                 continue

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +64,77 @@ def _refuse_shared(model: nn.Module, names: list[str], where: str) -> None:
             )
 
 
+def _references(holder: dict[str, Any], name: str) -> int:
+    return sys.getrefcount(holder[name])
+
+
+# What sys.getrefcount reports, through _references, for a tensor held by one dict alone: more
+# means someone else holds it too (measured rather than assumed, as interpreters differ).
+_SOLE_HOLDER_REFERENCES = _references({"t": torch.zeros(0)}, "t")
+
+
+def _other_holders(module: nn.Module, name: str) -> list[str]:
+    """The other modules that hold the very Parameter (or buffer) object ``module.<name>``.
+
+    Registration turns that object into the free vector in place (parametrize ``set_()``s it so
+    an optimizer need not be rebuilt), so another module holding it, such as transformers'
+    output layer with ``tie_word_embeddings=True``, would silently get the free vector as its
+    weight. Without a model to search, the holders are found through the garbage collector's
+    referrers, and only when the reference count says there are other references at all.
+    """
+    holder = module._parameters if name in module._parameters else module._buffers
+    if name not in holder or _references(holder, name) <= _SOLE_HOLDER_REFERENCES:
+        return []
+    tensor = holder[name]
+    assert tensor is not None
+    found = _holders_among_referrers(module, name, tensor)
+    if found:  # confirm: garbage not yet collected (a replaced module) may hold it too
+        gc.collect()
+        found = _holders_among_referrers(module, name, tensor)
+    return found
+
+
+def _holders_among_referrers(module: nn.Module, name: str, tensor: Tensor) -> list[str]:
+    found: list[str] = []
+    for ref in gc.get_referrers(tensor):
+        if not isinstance(ref, dict):
+            continue
+        held: dict[str, Any] = ref
+        # A module's _parameters dict is referred to by the module itself (its attributes
+        # stored inline) or by its __dict__.
+        for outer in gc.get_referrers(ref):
+            owners = [outer] if isinstance(outer, nn.Module) else []
+            if isinstance(outer, dict):
+                owners = [m for m in gc.get_referrers(outer) if isinstance(m, nn.Module)]
+            for owner in owners:
+                if isinstance(owner, parametrize.ParametrizationList):
+                    # parametrize's own slot: after remove_tie the untied module holds the
+                    # `original` its old list (still referenced by tie records) held
+                    continue
+                if (
+                    owner.__dict__.get("_parameters") is ref
+                    or owner.__dict__.get("_buffers") is ref
+                ):
+                    found += [
+                        _label(owner, key)
+                        for key, value in held.items()
+                        if value is tensor and (owner, key) != (module, name)
+                    ]
+    return found
+
+
+def _refuse_held_elsewhere(module: nn.Module, name: str, where: str) -> None:
+    others = _other_holders(module, name)
+    if others:
+        raise TargetError(
+            f"{where}: {_label(module, name)} of shape {tuple(getattr(module, name).shape)} is "
+            f"one nn.Parameter object also held by {', '.join(others)}; tying it would change "
+            "the other holder too. Give each module its own nn.Parameter and tie them with "
+            "tie_tensors([...]) (for a transformers model: "
+            "tietorch.integrations.transformers.tie_embeddings(model))"
+        )
+
+
 def _tieable(module: nn.Module, name: str, where: str) -> Tensor:
     """The untied floating-point tensor ``module.<name>``, or a clear error (``where``: caller)."""
     if not isinstance(module, nn.Module):
@@ -72,6 +146,7 @@ def _tieable(module: nn.Module, name: str, where: str) -> Tensor:
             f"{where}: {_label(module, name)} is already tied or parametrized; a tie must be its "
             "first parametrization (untie it, or register the tie before the others)"
         )
+    _refuse_held_elsewhere(module, name, where)  # before this frame holds the tensor too
     tensor = getattr(module, name, None)
     label = _label(module, name)
     if not isinstance(tensor, Tensor):
@@ -321,10 +396,10 @@ def tie_modules(
         and isinstance(getattr(module, name, None), Tensor)
         and (where is None or where(qualname, module))
     ]
+    _refuse_shared(model, [f"{q}.{name}" if q else name for q, _ in targets], "tie_modules")
     for qualname, module in targets:
         with _context(f"tie_modules: module '{qualname}'"):
             _prepare(module, name, tie)
-    _refuse_shared(model, [f"{q}.{name}" if q else name for q, _ in targets], "tie_modules")
     with all_or_nothing([model]):
         return {
             qualname: register_tie(module, name, tie, init=init) for qualname, module in targets

@@ -21,9 +21,13 @@ from .errors import DeclarationError, ShapeError, TietorchError, TieTypeError, _
 __all__ = ["AllOf", "Tie", "TieLayout"]
 
 _LAYOUT_CACHE_SIZE = 4  # shapes remembered per tie; a 10^7-entry layout holds ~90 MB
-# Peak bytes per entry while solving (int64 codes, targets, parents and edges, doubled when a
-# relation carries a sign): the up-front size check compares this estimate with the memory.
-_SOLVE_BYTES_PER_ENTRY = 96
+# Peak bytes per entry while solving, by kind of declaration; the up-front size check compares
+# the estimate with the memory. Measured as the peak RSS growth of one layout on 1.6 * 10^7
+# entries (torch 2.13, CPU): a key (int64 codes, torch.unique's sort and inverse) 42, unsigned
+# relations (targets, parents, edges) 36, signed relations (the doubled graph) 79; rounded up.
+KEY_BYTES_PER_ENTRY = 48
+RELATION_BYTES_PER_ENTRY = 48
+SIGNED_BYTES_PER_ENTRY = 96
 _CACHE_LOCK = threading.Lock()  # guards every tie's layout cache (solving runs outside it)
 
 
@@ -117,7 +121,7 @@ class Tie:
             raise
         except ValueError as error:  # a tie's own refusal: one class for every refused shape
             raise ShapeError(str(error)) from error
-        check_size(self, shape)
+        check_size(self, shape, self._solve_bytes_per_entry(shape))
         n = math.prod(shape)
         index, n_free, sign = solve(n, self._constraints(shape))
         layout = TieLayout(index.view(shape), n_free, None if sign is None else sign.view(shape))
@@ -146,6 +150,23 @@ class Tie:
                 f"{self!r}: a Tie subclass must override key(), relations() or layout()"
             )
         return overrides[0]
+
+    def _solve_bytes_per_entry(self, shape: Shape) -> int:
+        """The peak memory the solver needs per entry of ``shape`` for this declaration."""
+        declares = self._declares()
+        if declares == "key":
+            return KEY_BYTES_PER_ENTRY
+        if declares == "relations" and type(self).sign is not Tie.sign:
+            # A constant sign shows on one entry, without evaluating the whole shape.
+            try:
+                signs = self.sign(*(torch.zeros([1] * len(shape), dtype=torch.long),) * len(shape))
+            except Exception:  # evaluated in full, and reported, by _constraints
+                signs = -1
+            if not all(
+                type(s) is int and s == 1 for s in (signs if isinstance(signs, list) else [signs])
+            ):
+                return SIGNED_BYTES_PER_ENTRY
+        return RELATION_BYTES_PER_ENTRY
 
     def _constraints(self, shape: Shape) -> list[_KeyConstraint | _RelationConstraint]:
         """The declaration evaluated on ``shape``, as flat constraints for the solver."""
@@ -249,6 +270,9 @@ class AllOf(Tie):
     def _declares(self) -> str:
         return "all of"
 
+    def _solve_bytes_per_entry(self, shape: Shape) -> int:
+        return max((tie._solve_bytes_per_entry(shape) for tie in self.ties), default=0)
+
     def _constraints(self, shape: Shape) -> list[_KeyConstraint | _RelationConstraint]:
         return [c for tie in self.ties for c in tie._constraints(shape)]
 
@@ -281,16 +305,18 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def check_size(tie: Any, shape: Shape) -> None:
-    """Refuse, before anything is allocated, a shape whose solve cannot fit in memory."""
+def check_size(tie: Any, shape: Shape, bytes_per_entry: int) -> None:
+    """Refuse, before anything is allocated, a shape whose solve cannot fit in memory
+    (``bytes_per_entry``: the estimate for this kind of layout, e.g.
+    :meth:`Tie._solve_bytes_per_entry`)."""
     n = math.prod(shape)
-    needed = n * _SOLVE_BYTES_PER_ENTRY
+    needed = n * bytes_per_entry
     memory = _memory_bytes()
     if n >= 2**62 or (memory is not None and needed > memory):
         have = "" if memory is None else f", more than this machine's {memory / 2**30:.3g} GiB"
         raise ShapeError(
             f"{tie!r} on shape {shape}: {n:,} entries; solving them needs about "
-            f"{needed / 2**30:.3g} GiB ({_SOLVE_BYTES_PER_ENTRY} bytes per entry){have}. Tie "
+            f"{needed / 2**30:.3g} GiB ({bytes_per_entry} bytes per entry){have}. Tie "
             "smaller tensors, or write the layout in closed form (override Tie.layout)"
         )
 
