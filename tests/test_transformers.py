@@ -265,18 +265,96 @@ def test_tied_class_loads_with_device_map(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _rows_constant(w: torch.Tensor) -> bool:  # ShareAlong(1): one value per row
+    return torch.equal(w, w[:, :1].expand_as(w))
+
+
+def _column_pairs_equal(w: torch.Tensor) -> bool:  # PAIRS: columns 2k and 2k+1 equal
+    return torch.equal(w[:, 0::2], w[:, 1::2])
+
+
+PAIRS = tietorch.Tie.from_key(lambda i, j: (i, j // 2), name="column_pairs")
+
+
+def _arrange(arrangement: str, model: Any) -> Any:
+    """Tie ``model``'s embeddings as named; return a check of the constraint on each weight."""
+    emb, out = model.get_input_embeddings(), model.lm_head
+    if arrangement == "embedding":
+        tietorch.register_tie(emb, "weight", tietorch.ShareAlong(1))
+        return lambda e, o: _rows_constant(e)
+    if arrangement == "output":
+        tietorch.register_tie(out, "weight", tietorch.ShareAlong(1))
+        return lambda e, o: _rows_constant(o)
+    if arrangement == "both":
+        tietorch.register_tie(emb, "weight", tietorch.ShareAlong(1))
+        tietorch.register_tie(out, "weight", PAIRS)
+        return lambda e, o: _rows_constant(e) and _column_pairs_equal(o)
+    pair = [(emb, "weight"), (out, "weight")]
+    tietorch.tie_tensors(pair if arrangement == "group-embedding" else pair[::-1])
+    return lambda e, o: torch.equal(e, o)
+
+
+def _resize(method: str, model: Any, n: int) -> None:
+    if method == "transformers":
+        model.resize_token_embeddings(n)
+    else:
+        hf.resize_token_embeddings(model, n)
+
+
+ARRANGEMENTS = ["embedding", "output", "both", "group-embedding", "group-output"]
+
+
+@pytest.mark.parametrize("method", ["transformers", "tietorch"])
+@pytest.mark.parametrize("arrangement", ARRANGEMENTS)
 @pytest.mark.parametrize("family", sorted(CONFIGS))
-def test_resize_token_embeddings_of_a_tied_model_raises(family: str) -> None:
+def test_resize_keeps_every_arrangement_of_ties(family: str, arrangement: str, method: str) -> None:
     _, model = _untied_pair(family)
-    tietorch.tie_tensors([(model.get_input_embeddings(), "weight"), (model.lm_head, "weight")])
+    holds = _arrange(arrangement, model)
+    rows = {
+        name: getattr(model, name)().weight.detach().clone()
+        for name in ("get_input_embeddings", "get_output_embeddings")
+    }
+    ties = [(row.tensor.rsplit(".", 1)[-1], row.tie) for row in tietorch.summary(model).rows]
+    _resize(method, model, 52)
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    assert model.config.vocab_size == 52
+    assert emb.weight.shape == (52, 8) and out.weight.shape == (52, 8)
+    assert holds(emb.weight, out.weight), "the constraint no longer holds on the new shape"
+    assert [(row.tensor.rsplit(".", 1)[-1], row.tie) for row in tietorch.summary(model).rows] == (
+        ties
+    )
+    # Every tie here is row by row, so the old rows keep their values exactly.
+    assert torch.equal(emb.weight[:40], rows["get_input_embeddings"])
+    assert torch.equal(out.weight[:40], rows["get_output_embeddings"])
+    model(torch.tensor([[3, 51, 50, 4]]))  # the new token ids work
+
+
+class _Only40Rows(tietorch.Tie):
+    """A tie that exists on 40 rows only: re-tying the resized tensor fails."""
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        if shape[0] != 40:
+            raise ValueError(f"_Only40Rows needs 40 rows, got {shape[0]}")
+
+    def key(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return i
+
+
+@pytest.mark.parametrize("method", ["transformers", "tietorch"])
+def test_resize_that_cannot_keep_a_tie_refuses_and_leaves_the_model(method: str) -> None:
+    _, model = _untied_pair("gpt2")
+    tietorch.register_tie(model.transformer.wte, "weight", tietorch.ShareAlong(1))
+    tietorch.register_tie(model.lm_head, "weight", _Only40Rows())
+    objects = [model.transformer.wte, model.lm_head, *model.parameters()]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(tietorch.errors.ShapeError, match="resize_token_embeddings"):
-        model.resize_token_embeddings(50)
+    with pytest.raises(tietorch.errors.ShapeError, match="40 rows"):
+        _resize(method, model, 52)
+    assert [model.transformer.wte, model.lm_head, *model.parameters()] == objects
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in after)
-    assert model.get_input_embeddings().num_embeddings == 40 and model.config.vocab_size == 40
-    assert model.lm_head.out_features == 40
-    model.resize_token_embeddings(40)  # no change in size: allowed
+    assert model.config.vocab_size == 40 and model.lm_head.weight.shape == (40, 8)
+    assert model.transformer.wte.num_embeddings == 40
+    _resize(method, model, 40)  # no change in size: allowed
 
 
 @pytest.mark.parametrize("mean_resizing", [True, False])

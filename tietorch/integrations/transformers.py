@@ -8,9 +8,10 @@ has already imported ``transformers``, and importing it installs one check on
 - :func:`tie_embeddings`: the input embedding and the output layer become one tietorch free
   vector, in one call, from transformers' default ``tie_word_embeddings=True`` model (one
   shared ``Parameter``, which tietorch refuses to tie again) or from two separate tensors.
-- :func:`resize_token_embeddings`: transformers' resize for a tied model, keeping the tie.
-  transformers' own ``model.resize_token_embeddings`` on a tied model raises (tietorch refuses
-  the in-place size change before anything is modified) instead of corrupting it.
+- :func:`resize_token_embeddings`: transformers' resize for a tied model, keeping the ties or
+  refusing with the model unchanged. Importing this module makes transformers' own
+  ``model.resize_token_embeddings`` use it for a model whose embeddings are tied (on its own,
+  transformers replaces a tied output layer by a new untied one).
 - **A load check.** transformers' ``from_pretrained`` reports checkpoint keys the model does
   not have as UNEXPECTED and initializes the model's keys the checkpoint lacks at random, with
   only a warning (``PreTrainedModel._finalize_model_loading`` initializes missing keys, then
@@ -41,14 +42,16 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedModel, modeling_utils
 
 from .._group import tie_tensors
 from .._parametrization import TieParametrization, _tie_of
-from .._register import remove_tie
+from .._register import register_tie, remove_tie
+from .._transaction import all_or_nothing
 from ..errors import CheckpointError, TargetError
 
 __all__ = ["resize_token_embeddings", "tie_embeddings"]
@@ -150,14 +153,27 @@ def resize_token_embeddings(
     pad_to_multiple_of: int | None = None,
     mean_resizing: bool = True,
 ) -> nn.Module:
-    """``model.resize_token_embeddings(...)`` for a model whose input embedding and output
-    layer are tied with tietorch (:func:`tie_embeddings` or ``tie_tensors``): the tie is kept.
+    """``model.resize_token_embeddings(...)`` for a model whose input embedding or output layer
+    is tied with tietorch: the ties are kept. transformers' own ``model.resize_token_embeddings``
+    runs this for such a model once this integration is loaded (tietorch loads it on the first
+    tie in a process that uses transformers).
 
-    The new rows are initialized as transformers does for its own tied embeddings (it resizes
-    the embedding, ``mean_resizing`` or ``_init_weights``, and the output layer reads the same
-    rows). The free vector is a new Parameter afterwards: build the optimizer after resizing.
-    A model without a tie on its embeddings is passed to transformers unchanged. Any other tie
-    on them (a structured tie, a larger group) raises :class:`tietorch.errors.TargetError`.
+    What it keeps, by arrangement:
+
+    - **One group of exactly the two, equal entry by entry** (:func:`tie_embeddings`,
+      ``tie_tensors([(emb, "weight"), (head, "weight")])``, either one owning the free vector):
+      the new rows are initialized as transformers does for its own tied embeddings (it resizes
+      the embedding, ``mean_resizing`` or ``_init_weights``, and the output layer reads the same
+      rows), and the group is tied again with the same owner.
+    - **Each tied on its own** (the embedding, the output layer, or both, with
+      ``register_tie``): each is untied, transformers resizes the dense tensors, and the same
+      :class:`~tietorch.Tie` is registered again on the new shape (the new rows projected onto
+      it).
+
+    Any other arrangement (a structured group such as a transpose or a sign, a group with other
+    tensors) raises :class:`tietorch.errors.TargetError`, as does a tie that does not apply to
+    the new shape; either way the model is left exactly as it was. The free vectors are new
+    Parameters afterwards: build the optimizer after resizing.
 
     >>> import torch
     >>> from transformers import GPT2Config, GPT2LMHeadModel
@@ -171,55 +187,94 @@ def resize_token_embeddings(
     """
     emb, out = _embeddings(model, "resize_token_embeddings")
     a, b = _tie_of(emb, "weight"), _tie_of(out, "weight")
-    resize = type(model).resize_token_embeddings
     if a is None and b is None:
-        return resize(model, new_num_tokens, pad_to_multiple_of, mean_resizing)
-    if a is None or b is None or not _is_plain_share(a, b):
-        raise TargetError(
-            f"resize_token_embeddings: {type(model).__name__}'s input embedding and output layer "
-            "are not tied to each other alone (one tietorch group of exactly these two, equal "
-            "entry by entry); resize by hand: remove_tie each tied tensor (a group's other "
-            "members first), model.resize_token_embeddings(...), and tie again"
-        )
+        return _TRANSFORMERS_RESIZE(model, new_num_tokens, pad_to_multiple_of, mean_resizing)
     for value, what in ((new_num_tokens, "new_num_tokens"), (pad_to_multiple_of, "pad")):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise TargetError(f"resize_token_embeddings: {what} must be an int, got {value!r}")
         if value is not None and value <= 0:
             raise TargetError(f"resize_token_embeddings: {what} must be positive, got {value}")
-    order = [(emb, "weight"), (out, "weight")]
-    if a.follows is not None:  # the output layer owns the free vector
-        order.reverse()
+    if a is not None and b is not None and _is_plain_share(a, b):
+        resize_tied = _resize_shared_pair
+    elif all(p is None or p.group is None for p in (a, b)):
+        resize_tied = _resize_each
+    else:
+        raise TargetError(
+            f"resize_token_embeddings: {type(model).__name__}'s input embedding and output layer "
+            "are not tied to each other alone (one tietorch group of exactly these two, equal "
+            "entry by entry) nor each on its own; resize by hand: remove_tie each tied tensor "
+            "(a group's other members first), model.resize_token_embeddings(...), and tie again"
+        )
     text_config = model.config.get_text_config()
-    saved = (text_config.vocab_size, model.__dict__.get("vocab_size"), emb.__dict__.copy())
-    remove_tie(*order[1])  # the follower first
-    remove_tie(*order[0])
-    emb_param, out_param = emb._parameters["weight"], out._parameters["weight"]
-    assert emb_param is not None and out_param is not None
-    emb_data = emb_param.data
-    out.weight = emb_param  # transformers' own tie: one Parameter, resized once
+    vocab_size = text_config.vocab_size
+    resize = functools.partial(
+        _TRANSFORMERS_RESIZE, model, new_num_tokens, pad_to_multiple_of, mean_resizing
+    )
     try:
-        new_emb = resize(model, new_num_tokens, pad_to_multiple_of, mean_resizing)
-        new_out = model.get_output_embeddings()
-        if new_emb is not emb or new_out is not out or out.weight is not emb.weight:
-            raise TargetError(
-                f"resize_token_embeddings: {type(model).__name__} replaced its embedding "
-                "modules while resizing; resize by hand: remove_tie, resize, tie again"
-            )
-        out.weight = nn.Parameter(emb_param.detach().clone(), out_param.requires_grad)
-        tie_tensors(order)
+        with all_or_nothing([model]):
+            return resize_tied(model, emb, out, resize)
     except Exception:
-        # Back to the tie as it was (the values are untouched: transformers rebinds .data).
-        if _tie_of(emb, "weight") is None:
-            emb_param.data = emb_data
-            emb.__dict__.update(saved[2])
-            model.set_input_embeddings(emb)
-            model.set_output_embeddings(out)
-            out.weight = out_param
-            text_config.vocab_size = saved[0]
-            if saved[1] is not None:
-                model.vocab_size = saved[1]
-            tie_tensors(order)
+        text_config.vocab_size = vocab_size  # the config is no module: restored by hand
         raise
+
+
+def _resize_shared_pair(
+    model: PreTrainedModel, emb: nn.Module, out: nn.Module, resize: Callable[[], nn.Module]
+) -> nn.Module:
+    """Resize one group of the two equal tensors as transformers resizes its own shared one."""
+    order = [(emb, "weight"), (out, "weight")]
+    first = _tie_of(emb, "weight")
+    if first is not None and first.follows is not None:  # the output layer owns the free vector
+        order.reverse()
+    lead, follower = _tie_of(*order[0]), _tie_of(*order[1])
+    assert lead is not None and lead.group is not None and follower is not None
+    requires_grad = bool(out.weight.requires_grad)
+    remove_tie(*order[1])  # the follower first
+    try:
+        return _resize_untied_pair(model, emb, out, order, requires_grad, resize)
+    except Exception:
+        # all_or_nothing puts the modules back; the group's record of its members is no module
+        lead.group.followers.add(follower)
+        raise
+
+
+def _resize_untied_pair(
+    model: PreTrainedModel,
+    emb: nn.Module,
+    out: nn.Module,
+    order: list[tuple[nn.Module, str]],
+    requires_grad: bool,
+    resize: Callable[[], nn.Module],
+) -> nn.Module:
+    remove_tie(*order[0])
+    out.weight = emb.weight  # transformers' own tie: one Parameter, resized once
+    new_emb = resize()
+    new_out = model.get_output_embeddings()
+    if new_emb is not emb or new_out is not out or out.weight is not emb.weight:
+        raise TargetError(
+            f"resize_token_embeddings: {type(model).__name__} replaced its embedding "
+            "modules while resizing; resize by hand: remove_tie, resize, tie again"
+        )
+    weight = emb.weight
+    assert isinstance(weight, Tensor)
+    out.weight = nn.Parameter(weight.detach().clone(), requires_grad)
+    tie_tensors(order)
+    return new_emb
+
+
+def _resize_each(
+    model: PreTrainedModel, emb: nn.Module, out: nn.Module, resize: Callable[[], nn.Module]
+) -> nn.Module:
+    """Untie each tied tensor, let transformers resize, and register the same ties again."""
+    ties = [_tie_of(emb, "weight"), _tie_of(out, "weight")]
+    for module, param in zip((emb, out), ties):
+        if param is not None:
+            remove_tie(module, "weight")
+    new_emb = resize()
+    new_out = model.get_output_embeddings()
+    for module, param in zip((new_emb, new_out), ties):
+        if param is not None:
+            register_tie(module, "weight", param.tie)
     return new_emb
 
 
@@ -280,4 +335,23 @@ def _install_load_check() -> bool:
     return True
 
 
+# transformers' own method (unwrapped again if this module is ever imported twice)
+_TRANSFORMERS_RESIZE = getattr(
+    PreTrainedModel.resize_token_embeddings, "__wrapped__", PreTrainedModel.resize_token_embeddings
+)
+
+
+@functools.wraps(_TRANSFORMERS_RESIZE)
+def _resize_keeping_ties(
+    self: PreTrainedModel,
+    new_num_tokens: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    mean_resizing: bool = True,
+) -> nn.Module:
+    # transformers replaces the output layer by a new untied module while resizing, so a tie
+    # on it would be lost silently: a model with tietorch ties goes through tietorch's resize.
+    return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+
+
 _install_load_check()
+PreTrainedModel.resize_token_embeddings = _resize_keeping_ties  # type: ignore[method-assign, assignment]
