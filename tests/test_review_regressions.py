@@ -85,7 +85,7 @@ def test_a_submodule_whose_owner_is_outside():
     enc, dec = nn.Linear(4, 2), nn.Linear(2, 4)
     tt.tie_tensors([(enc, "weight"), (dec, "weight")], relation=transpose)
     assert "outside this model" in str(tt.summary(dec))
-    with pytest.raises(ValueError, match="outside it"):
+    with pytest.raises(ValueError, match="outside this model"):
         tt.load_dense_state_dict(dec, nn.Linear(2, 4).state_dict())
 
 

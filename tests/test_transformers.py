@@ -138,6 +138,12 @@ def test_trainer_save_and_resume_is_exact(tmp_path: Path) -> None:
     straight.train()
     first = trainer(tmp_path / "resumed", 2)
     first.train()
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "resumed" / "checkpoint-2" / "model.safetensors", "pt") as saved:
+        keys = set(saved.keys())  # portable: dense, read back by load_state_dict's check
+    assert {"transformer.wte.weight", "lm_head.weight"} <= keys
+    assert not any("parametrizations" in k for k in keys)
     resumed = trainer(tmp_path / "resumed", 4)
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
     a, b = straight.model.state_dict(), resumed.model.state_dict()
@@ -172,35 +178,107 @@ def test_import_tietorch_imports_neither_transformers_nor_the_integration() -> N
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
-@pytest.mark.parametrize("how", ["tie_tensors", "tie_model"])
-@pytest.mark.parametrize("family", sorted(CONFIGS))
-def test_general_api_checkpoint_in_the_plain_class_fails_loudly(
-    family: str, how: str, tmp_path: Path
+def _tied_three_ways(family: str, how: str) -> Any:
+    """A model of ``family`` tied with ``tie_model`` (embeddings and a square projection),
+    ``tie_embeddings`` (from transformers' default shared Parameter), or in ``__init__``."""
+    base, config = CONFIGS[family]()
+    torch.manual_seed(0)
+    if how == "init":
+        return _tied_class(base)(config).eval()
+    if how == "tie_embeddings":
+        config.tie_word_embeddings = True
+        model = base(config).eval()
+        hf.tie_embeddings(model)
+        return model
+    model = base(config).eval()
+    embed = "transformer.wte" if family == "gpt2" else "model.embed_tokens"
+    square = (
+        "transformer.h.0.attn.c_proj" if family == "gpt2" else "model.layers.0.self_attn.o_proj"
+    )
+    tietorch.tie_model(
+        model,
+        {(f"{embed}.weight", "lm_head.weight"): None, f"{square}.weight": tietorch.Symmetric()},
+    )
+    return model
+
+
+HOWS = ["tie_model", "tie_embeddings", "init"]
+
+
+def test_save_pretrained_loads_exactly_into_the_plain_class_without_tietorch(
+    tmp_path: Path,
 ) -> None:
-    base, model = _untied_pair(family)
-    embed = model.get_input_embeddings()
-    names = {m: n for n, m in model.named_modules()}
-    if how == "tie_tensors":
-        tietorch.tie_tensors([(embed, "weight"), (model.lm_head, "weight")])
-    else:
-        tietorch.tie_model(model, {(f"{names[embed]}.weight", "lm_head.weight"): None})
-    model.save_pretrained(tmp_path)
+    """The portable checkpoint: every tied tensor dense under its own name, in a process that
+    imports transformers only; and the class that ties in __init__ reads it back exactly."""
+    ids = torch.randint(3, 40, (2, 5), generator=torch.Generator().manual_seed(0))
+    cases = []
+    for family in sorted(CONFIGS):
+        for how in HOWS:
+            model = _tied_three_ways(family, how)
+            folder = tmp_path / f"{family}-{how}"
+            model.save_pretrained(folder)
+            torch.save(model(ids).logits, folder / "expected.pt")
+            cases.append((CONFIGS[family]()[0].__name__, str(folder)))
+            if how == "init":
+                loaded, info = type(model).from_pretrained(folder, output_loading_info=True)
+                assert not info["missing_keys"] and not info["unexpected_keys"]
+                assert torch.equal(loaded.eval()(ids).logits, model(ids).logits)
+                a, b = model.state_dict(), loaded.state_dict()
+                assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    code = (
+        "import sys, torch, transformers\n"
+        f"ids = torch.tensor({ids.tolist()})\n"
+        f"for cls, folder in {cases!r}:\n"
+        "    model, info = getattr(transformers, cls).from_pretrained(folder, "
+        "output_loading_info=True)\n"
+        "    assert not info['missing_keys'] and not info['unexpected_keys'], (folder, info)\n"
+        "    expected = torch.load(folder + '/expected.pt')\n"
+        "    assert torch.equal(model.eval()(ids).logits, expected), folder\n"
+        "assert not any(m.startswith('tietorch') for m in sys.modules), 'tietorch imported'\n"
+        "print('exact', len(ids))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+def _save_compact(model: Any, folder: Path) -> None:
+    """The checkpoint tietorch 0.1's save_pretrained wrote: the state dict as it is, free
+    vectors under their parametrization keys."""
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(folder)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_the_compact_checkpoint_in_the_plain_class_fails_loudly(tmp_path: Path) -> None:
+    """A checkpoint of free vectors loads only where they are tied: the plain class refuses it
+    once tietorch is loaded."""
+    base, model = _untied_pair("gpt2")
+    tietorch.tie_tensors([(model.transformer.wte, "weight"), (model.lm_head, "weight")])
+    _save_compact(model, tmp_path)
     with pytest.raises(tietorch.errors.CheckpointError) as caught:
         base.from_pretrained(tmp_path)
     message = str(caught.value)
-    assert f"{names[embed]}.parametrizations.weight.original" in message
+    assert "transformer.wte.parametrizations.weight.original" in message
     assert "lm_head.weight" in message and "dense_state_dict" in message
-    # The fix in the message works: a dense checkpoint loads exactly into the plain class.
-    dense = tmp_path / "dense"
-    model.save_pretrained(dense, state_dict=tietorch.dense_state_dict(model))
-    plain, info = base.from_pretrained(dense, output_loading_info=True)
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_compact_checkpoints_of_earlier_versions_still_load_into_the_tied_class(
+    family: str, tmp_path: Path
+) -> None:
+    base, config = CONFIGS[family]()
+    tied = _tied_class(base)
+    model = tied(config).eval()
+    _save_compact(model, tmp_path)
+    loaded, info = tied.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    ids = torch.randint(3, 40, (2, 5))
-    assert torch.equal(plain.eval()(ids).logits, model(ids).logits)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_dense_checkpoint_in_a_tied_class_fails_loudly(tmp_path: Path) -> None:
-    base, model = _untied_pair("gpt2")
+    base, model = _untied_pair("gpt2")  # separate, different embedding and output layer
     model.save_pretrained(tmp_path)
     with pytest.raises(tietorch.errors.CheckpointError, match="untied checkpoint"):
         _tied_class(base).from_pretrained(tmp_path)
@@ -209,7 +287,7 @@ def test_dense_checkpoint_in_a_tied_class_fails_loudly(tmp_path: Path) -> None:
 def test_the_check_is_on_in_a_process_that_only_imports_the_integration(tmp_path: Path) -> None:
     _, model = _untied_pair("gpt2")
     tietorch.tie_tensors([(model.transformer.wte, "weight"), (model.lm_head, "weight")])
-    model.save_pretrained(tmp_path)
+    _save_compact(model, tmp_path)
     code = (
         "import sys, transformers, tietorch.integrations.transformers, tietorch.errors\n"
         "try:\n"

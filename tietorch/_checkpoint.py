@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import ParametrizationList
 
-from ._layout import gather, relative_error
+from ._dense import DensePart, free_from_dense, rebuilt
 from ._parametrization import _METADATA_KEY, TieParametrization
 from ._register import _tied_tensors
 from ._torch_compat import original, parametrization_list
@@ -36,25 +36,76 @@ def dense_state_dict(model: nn.Module) -> dict[str, Tensor]:
     >>> sorted(tietorch.dense_state_dict(lin)), sorted(lin.state_dict())
     (['bias', 'weight'], ['bias', 'parametrizations.weight.original'])
     """
-    replace: dict[str, tuple[str, Tensor]] = {}
-    extra: dict[str, Tensor] = {}  # group members: no free vector of their own
+    return densified(model, model.state_dict())
+
+
+def densified(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` (``model``'s, or one shaped like it) with each free vector of ``model``'s
+    ties replaced, in place in the order, by the dense tensors that read it under their own
+    names; every other entry is kept as it is."""
+    readers: dict[str, list[tuple[str, TieParametrization]]] = {}
+    free_keys = {}
     for qualname, module, name, param in _tied_tensors(model):
-        dense_key, free_key = _keys(qualname, name)
-        with torch.no_grad():
-            dense = getattr(module, name).detach().clone()
         if param.follows is None:
-            replace[free_key] = (dense_key, dense)
-        else:
-            extra[dense_key] = dense
-    out: dict[str, Tensor] = {}
-    for key, value in model.state_dict().items():
-        if key in replace:
-            dense_key, dense = replace[key]
-            out[dense_key] = dense
-        else:
+            free_keys[id(parametrization_list(module, name))] = _keys(qualname, name)[1]
+    for qualname, module, name, param in _tied_tensors(model):
+        owner = param.follows if param.follows is not None else parametrization_list(module, name)
+        if id(owner) in free_keys:  # a member of a group owned outside: nothing to read
+            readers.setdefault(free_keys[id(owner)], []).append((_keys(qualname, name)[0], param))
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key not in readers or not isinstance(value, Tensor):
             out[key] = value
-    out.update(extra)
+            continue
+        with torch.no_grad():
+            for dense_key, param in readers[key]:
+                # a copy, never a view: safetensors refuses tensors that share memory
+                out[dense_key] = rebuilt(param, value.detach()).clone()
     return out
+
+
+def dense_parts(
+    model: nn.Module, state_dict: dict[str, Any], where: str
+) -> dict[str, tuple[ParametrizationList, TieParametrization, list[DensePart]]]:
+    """Take the dense entries of ``model``'s tied tensors out of ``state_dict``, grouped by the
+    free vector they read: ``{free key: (its ParametrizationList, its owner's parametrization,
+    the dense parts)}``. Checks each entry's type and shape; ``where`` names the caller."""
+    tied = _tied_tensors(model)
+    free_keys = {
+        id(parametrization_list(module, name)): _keys(qualname, name)[1]
+        for qualname, module, name, param in tied
+        if param.follows is None
+    }
+    groups: dict[str, tuple[ParametrizationList, TieParametrization, list[DensePart]]] = {}
+    for qualname, module, name, param in tied:
+        dense_key, _ = _keys(qualname, name)
+        dense = state_dict.pop(dense_key, None)
+        if dense is None:
+            continue
+        if not isinstance(dense, Tensor):
+            raise TieTypeError(
+                f"{where}: '{dense_key}' (tied with {param.tie!r}, shape {param.shape}) is a "
+                f"{type(dense).__name__}; expected a torch.Tensor (convert numpy arrays with "
+                "torch.from_numpy)"
+            )
+        if tuple(dense.shape) != param.shape:
+            raise CheckpointError(
+                f"{where}: '{dense_key}' is tied with {param.tie!r} on shape {param.shape}, but "
+                f"the state dict holds shape {tuple(dense.shape)}"
+            )
+        if dense.is_complex():
+            raise TieTypeError(f"{where}: '{dense_key}' is {dense.dtype}; ties are real")
+        owner = param.follows if param.follows is not None else parametrization_list(module, name)
+        if id(owner) not in free_keys:
+            raise CheckpointError(
+                f"{where}: '{dense_key}' reads the free vector of a module outside this model "
+                "(a tie_tensors group); load into the model that holds the whole group"
+            )
+        lead = owner[0]
+        assert isinstance(lead, TieParametrization)
+        entry = groups.setdefault(free_keys[id(owner)], (owner, lead, []))
+        entry[2].append((param, dense_key, dense))
+    return groups
 
 
 def load_dense_state_dict(
@@ -88,65 +139,18 @@ def load_dense_state_dict(
             f"{type(state_dict).__name__}"
         )
     converted = dict(state_dict)
-    tied = _tied_tensors(model)
-    free_keys = {
-        id(parametrization_list(module, name)): _keys(qualname, name)[1]
-        for qualname, module, name, param in tied
-        if param.follows is None
-    }
-    # Per free vector: the dense tensors that read it, each at its offset of the layout.
-    parts: dict[int, tuple[ParametrizationList, TieParametrization, list[tuple[int, Tensor]]]] = {}
-    loaded: list[tuple[str, Tensor, TieParametrization, int]] = []
-    for qualname, module, name, param in tied:
-        dense_key, _ = _keys(qualname, name)
-        dense = converted.pop(dense_key, None)
-        if dense is None:
-            continue
-        if not isinstance(dense, Tensor):
-            raise TieTypeError(
-                f"load_dense_state_dict: '{dense_key}' (tied with {param.tie!r}, shape "
-                f"{param.shape}) is a {type(dense).__name__}; expected a torch.Tensor (convert "
-                "numpy arrays with torch.from_numpy)"
-            )
-        if tuple(dense.shape) != param.shape:
-            raise CheckpointError(
-                f"load_dense_state_dict: '{dense_key}' is tied with {param.tie!r} on shape "
-                f"{param.shape}, but the state dict holds shape {tuple(dense.shape)}"
-            )
-        if dense.is_complex():
-            raise TieTypeError(
-                f"load_dense_state_dict: '{dense_key}' is {dense.dtype}; ties are real"
-            )
-        owner = param.follows if param.follows is not None else parametrization_list(module, name)
-        lead = owner[0]
-        assert isinstance(lead, TieParametrization)
-        # No cast to the model's dtype before averaging: the class means are accumulated in
-        # float64 from the checkpoint's own values, then cast once.
-        entry = parts.setdefault(id(owner), (owner, lead, []))
-        entry[2].append((param.offset, dense.detach().to(param.index.device)))
-        loaded.append((dense_key, dense, param, id(owner)))
-    thetas: dict[int, Tensor] = {}
-    for key, (owner, lead, members) in parts.items():
-        if key not in free_keys:
-            raise CheckpointError(
-                "load_dense_state_dict: a tensor of this model reads the free vector of a module "
-                "outside it (a tie_tensors group); load into the model that holds the whole group"
-            )
-        means, covered = lead.layout.project_parts(members)
-        current = converted.get(free_keys[key], original(owner).detach())
+    groups = dense_parts(model, converted, "load_dense_state_dict")
+    errors: dict[str, float] = {}
+    for free_key, (owner, lead, parts) in groups.items():
+        current = converted.get(free_key, original(owner))
         if not isinstance(current, Tensor) or tuple(current.shape) != (lead.n_free,):
             raise CheckpointError(
-                f"load_dense_state_dict: '{free_keys[key]}' should be the free vector of "
+                f"load_dense_state_dict: '{free_key}' should be the free vector of "
                 f"{lead.tie!r} with {lead.n_free} entries, got "
                 f"{tuple(current.shape) if isinstance(current, Tensor) else type(current).__name__}"
             )
-        theta = torch.where(covered, means, current.to(means))
-        thetas[key] = theta.to(original(owner).dtype)
-        converted[free_keys[key]] = thetas[key]
-    errors = {
-        dense_key: relative_error(dense, gather(thetas[key], param.index, param.sign, param.shape))
-        for dense_key, dense, param, key in loaded
-    }
+        converted[free_key], distances = free_from_dense(lead, parts, current, exact=False)
+        errors.update(distances)
     loading: OrderedDict[str, Any] = OrderedDict(converted)
     metadata = getattr(state_dict, "_metadata", None)
     if isinstance(metadata, Mapping):
@@ -157,7 +161,7 @@ def load_dense_state_dict(
             (key, dict(value) if isinstance(value, Mapping) else value)
             for key, value in metadata.items()
         )
-        for dense_key, _, _, _ in loaded:
+        for dense_key in errors:
             module_key, _, name = dense_key.rpartition(".")
             record = kept.get(module_key)
             if isinstance(record, dict) and isinstance(record.get(_METADATA_KEY), Mapping):

@@ -288,12 +288,18 @@ def _check_state_dict(
     state_dict: dict[str, Any],
     prefix: str,
     local_metadata: Mapping[str, Any] | None = None,
+    strict: bool = True,
+    missing_keys: list[str] | None = None,
     *_: Any,
 ) -> None:
     """load_state_dict pre-hook (registered once per module): refuse a free vector saved from
-    another tie, and explain the common mistakes."""
+    another tie, and load a dense tensor that satisfies its tie (a checkpoint written for the
+    plain class, e.g. by ``save_pretrained``) as the free vector it holds."""
     if not parametrize.is_parametrized(module):
         return
+    from ._dense import load_dense_entry  # it builds on this module
+
+    session = [] if missing_keys is None else missing_keys
     for name in parametrization_lists(module):
         param = _tie_of(module, name)
         if param is None:
@@ -309,12 +315,21 @@ def _check_state_dict(
             )
         if value is not None and isinstance(local_metadata, Mapping):
             _check_identity(param, prefix, name, local_metadata)
-        if value is None and isinstance(state_dict.get(where), Tensor):
-            raise CheckpointError(
-                f"{where} is tied with {param.tie!r}, but the state dict holds a dense tensor "
-                f"'{where}' instead of its free vector '{free_key}': load dense checkpoints "
-                "with tietorch.load_dense_state_dict(model, state_dict)"
-            )
+        dense = state_dict.get(where)
+        if isinstance(dense, Tensor) and value is None:
+            if tuple(dense.shape) != param.shape:
+                raise CheckpointError(
+                    f"{where} is tied with {param.tie!r} on shape {param.shape}, but the state "
+                    f"dict holds a dense tensor of shape {tuple(dense.shape)}"
+                )
+            current = original(param.owner or parametrization_list(module, name))
+            free = load_dense_entry(param, current, (param, where, dense), None, session)
+            del state_dict[where]
+            if free is not None:
+                state_dict[free_key] = free
+        elif isinstance(value, Tensor) and param.group is not None and param.follows is None:
+            # a group owner's free vector: members' dense tensors are checked against it
+            load_dense_entry(param, value, None, value, session)
 
 
 def _install(module: nn.Module, name: str, param: TieParametrization, value: Tensor) -> None:

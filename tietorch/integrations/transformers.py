@@ -48,9 +48,11 @@ from typing import Any
 from torch import Tensor, nn
 from transformers import PreTrainedModel, modeling_utils
 
+from .._checkpoint import dense_parts, densified
+from .._dense import free_from_dense
 from .._group import tie_tensors
 from .._parametrization import TieParametrization, _tie_of
-from .._register import register_tie, remove_tie
+from .._register import _tied_tensors, register_tie, remove_tie
 from .._transaction import all_or_nothing
 from ..errors import CheckpointError, TargetError
 
@@ -353,5 +355,64 @@ def _resize_keeping_ties(
     return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
 
+def _load_dense_as_free(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's dense tensors of ``model``'s tied tensors (as ``save_pretrained`` writes
+    them for the plain class) turned into the free vectors ``model`` holds, so transformers
+    loads them with no MISSING or UNEXPECTED keys. Each must satisfy its tie: an untied
+    checkpoint is refused (``load_dense_state_dict`` projects it on purpose)."""
+    tied = _tied_tensors(model)
+    if not tied:
+        return state_dict
+    dense = {}
+    for qualname, _, name, _ in tied:
+        prefix = f"{qualname}." if qualname else ""
+        dense_key, free_key = f"{prefix}{name}", f"{prefix}parametrizations.{name}.original"
+        if dense_key in state_dict and free_key not in state_dict:
+            # safetensors hands lazy slices; [...] reads one, as transformers itself does
+            value = state_dict[dense_key]
+            dense[dense_key] = value if isinstance(value, Tensor) else value[...]
+    if not dense:
+        return state_dict
+    converted = {k: v for k, v in state_dict.items() if k not in dense}
+    for free_key, (_, lead, parts) in dense_parts(model, dense, "from_pretrained").items():
+        converted[free_key] = free_from_dense(lead, parts, None, exact=True)[0]
+    return converted
+
+
+def _install_portable_checkpoints() -> bool:
+    """``save_pretrained`` writes a tied model's tensors dense, under their own names (so the
+    plain class loads the checkpoint exactly, in a process without tietorch), and
+    ``from_pretrained`` of a class that ties reads them back as its free vectors. Wraps
+    ``PreTrainedModel.save_pretrained`` and the loader ``modeling_utils`` calls,
+    ``convert_and_load_state_dict_in_model`` (transformers 5); without it, nothing is installed
+    and a dense checkpoint in a tied class is refused by the load check."""
+    load = getattr(modeling_utils, "convert_and_load_state_dict_in_model", None)
+    if load is None or getattr(load, "_tietorch_dense", False):
+        return load is not None
+
+    @functools.wraps(load)
+    def load_dense_as_free(
+        model: nn.Module, state_dict: dict[str, Any], *args: Any, **kw: Any
+    ) -> Any:
+        return load(model, _load_dense_as_free(model, state_dict), *args, **kw)
+
+    load_dense_as_free._tietorch_dense = True  # type: ignore[attr-defined]
+    modeling_utils.convert_and_load_state_dict_in_model = load_dense_as_free
+    save = PreTrainedModel.save_pretrained
+
+    @functools.wraps(save)
+    def save_dense(self: PreTrainedModel, *args: Any, **kwargs: Any) -> Any:
+        # The state dict to save (the model's own, or one passed in: the Trainer passes
+        # model.state_dict()), with its free vectors written dense.
+        if len(args) < 3 and _tied_tensors(self):
+            given = kwargs.get("state_dict")
+            kwargs["state_dict"] = densified(self, self.state_dict() if given is None else given)
+        return save(self, *args, **kwargs)
+
+    PreTrainedModel.save_pretrained = save_dense  # type: ignore[method-assign]
+    return True
+
+
 _install_load_check()
+_install_portable_checkpoints()
 PreTrainedModel.resize_token_embeddings = _resize_keeping_ties  # type: ignore[method-assign, assignment]
