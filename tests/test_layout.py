@@ -7,9 +7,10 @@ max); otherwise each free parameter is the exact signed class mean rounded once 
 
 from __future__ import annotations
 
-import math
-import sys
+import contextlib
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import tietorch as tt
+from tietorch import _tie
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -136,29 +138,62 @@ def test_group_initialization_is_precision_safe():
     assert bool((b.weight == 30000.0).all())
 
 
-def test_layout_cache_is_thread_safe():
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    errors: list[BaseException] = []
+class _EvictWhileChecking(OrderedDict):
+    """A layout cache that, the first time it finds a shape, lets another thread fill the cache
+    (evicting that shape) before the caller reads it: the interleaving a race needs, forced.
+    With the lock held across the check and the read, that thread has to wait."""
+
+    def __init__(self, evict: Callable[[], None]) -> None:
+        super().__init__()
+        self.evict, self.armed, self.evictor = evict, False, None
+
+    def __contains__(self, key: object) -> bool:
+        found = super().__contains__(key)
+        if found and self.armed:
+            self.armed = False
+            self.evictor = threading.Thread(target=self.evict)
+            self.evictor.start()
+            self.evictor.join(timeout=0.5)  # blocked on the lock: give up waiting, go on
+        return found
+
+
+def _race_on_the_layout_cache() -> BaseException | None:
+    """Read a cached layout while another thread evicts it; the error the reader got."""
     tie = tt.Toeplitz()
-    shapes = [(n, n + 1) for n in range(1, 13)]  # more shapes than the cache holds
+    fresh = [(n, 9) for n in range(2, 8)]  # more shapes than the cache holds
 
-    def work(k: int) -> None:
-        try:
-            for step in range(40):
-                shape = shapes[(k + step) % len(shapes)]
-                layout = tie.layout(shape)
-                assert layout.shape == shape and layout.n_free == sum(shape) - 1
-        except BaseException as error:  # reported by the main thread
-            errors.append(error)
+    def evict() -> None:
+        for shape in fresh:
+            tie.layout(shape)
 
+    cache = _EvictWhileChecking(evict)
+    tie.__dict__["_layout_cache"] = cache
+    tie.layout((1, 9))
+    cache.armed = True
     try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(32)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        layout = tie.layout((1, 9))  # found, then evicted before it is read
+        assert layout.shape == (1, 9)
+    except BaseException as error:
+        return error
     finally:
-        sys.setswitchinterval(previous)
-    assert not errors, errors[:3]
-    assert math.isfinite(previous)
+        if cache.evictor is not None:
+            cache.evictor.join()
+    return None
+
+
+def test_layout_cache_is_thread_safe():
+    assert _race_on_the_layout_cache() is None
+
+
+def test_the_thread_safety_test_fails_without_the_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_tie, "_CACHE_LOCK", contextlib.nullcontext())
+    assert isinstance(_race_on_the_layout_cache(), KeyError)
+
+
+def test_an_assigned_low_precision_tensor_is_averaged_past_its_dtype():
+    """``module.weight = W`` in bfloat16: 2048 ones and 2048 of 1.5 in one class average to 1.25
+    (summed in bfloat16 they would stall at 256 + ..., giving 0.125)."""
+    lin = nn.Linear(4096, 1, bias=False).to(torch.bfloat16)
+    tt.register_tie(lin, "weight", tt.ShareAlong(1))
+    lin.weight = torch.cat([torch.ones(1, 2048), torch.full((1, 2048), 1.5)], 1).bfloat16()
+    assert lin.weight.dtype == torch.bfloat16 and lin.weight[0, 0].item() == 1.25

@@ -241,3 +241,40 @@ def test_malformed_input_gets_a_clear_error(call, error, fragments):
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+def _square_tie_on_4x3(how: str) -> None:
+    model = nn.Module()
+    model.c = nn.Linear(3, 4)
+    if how == "register_tie":
+        tt.register_tie(model.c, "weight", tt.Symmetric())
+    elif how == "tie_modules":
+        tt.tie_modules(model, tt.Symmetric(), types=nn.Linear)
+    elif how == "tie_model":
+        tt.tie_model(model, {"c.weight": tt.Symmetric()})
+    elif how == "tie_tensors":
+        tt.tie_tensors(
+            [(model.c, "weight"), (nn.Linear(3, 4), "weight")], ties=[tt.Symmetric(), None]
+        )
+    else:
+        tt.Symmetric().layout((4, 3))
+
+
+@pytest.mark.parametrize(
+    "how", ["register_tie", "tie_modules", "tie_model", "tie_tensors", "layout"]
+)
+def test_an_error_names_the_tie_and_the_shape_once(how):
+    with pytest.raises(tt.errors.ShapeError) as info:
+        _square_tie_on_4x3(how)
+    message = str(info.value)
+    assert message.count("Symmetric(dims=(0, 1))") == 1, message
+    assert message.count("(4, 3)") == 1, message
+    assert message.endswith("needs dims (0, 1) of equal size (they are swapped)")
+    assert how == "layout" or message.startswith(how), message
+
+
+def test_a_refused_buffer_names_the_tie():
+    with pytest.raises(
+        tt.errors.TargetError, match=r"running_mean of shape \(3,\) with ShareAlong"
+    ):
+        tt.register_tie(nn.BatchNorm1d(3), "running_mean", tt.ShareAlong(0))

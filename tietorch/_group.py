@@ -28,6 +28,7 @@ from ._tie import (
     _evaluate_relations,
     _grids,
     check_size,
+    checked_shape,
 )
 from ._torch_compat import parametrization_list
 from ._transaction import all_or_nothing
@@ -183,7 +184,6 @@ def _solve_group(
     )
     with _context(where):
         check_size(
-            descriptions[0],
             (offsets[-1],),
             _group_bytes_per_entry(plain, lead, ties, signs, shapes),
         )
@@ -192,8 +192,9 @@ def _solve_group(
                 continue
             if not isinstance(tie, Tie):
                 raise TieTypeError(f"ties[{k}] must be a tietorch.Tie or None, got {tie!r}")
-            tie.check_shape(shapes[k])
-            constraints += [c.shifted(offsets[k]) for c in tie._constraints(shapes[k])]
+            with _context(f"{tie!r} on shape {shapes[k]}"):
+                checked_shape(tie, shapes[k])
+                constraints += [c.shifted(offsets[k]) for c in tie._constraints(shapes[k])]
         for k in range(1, 1 if plain else len(members)):
             fn, s = relations[k - 1], signs[k - 1]
             if fn is None and shapes[k] != shapes[0]:
@@ -204,7 +205,11 @@ def _solve_group(
             grids = _grids(shapes[k])
             image = grids if fn is None else fn(*grids)
             sign_value = s(*grids) if callable(s) else s
-            for c in _evaluate_relations(descriptions[k], image, sign_value, shapes[k], shapes[0]):
+            with _context(f"{descriptions[k]!r} on shape {shapes[k]}"):
+                evaluated = _evaluate_relations(
+                    descriptions[k], image, sign_value, shapes[k], shapes[0]
+                )
+            for c in evaluated:
                 assert isinstance(c, _RelationConstraint)
                 constraints.append(_RelationConstraint(c.target + offsets[0], c.sign, offsets[k]))
 
@@ -365,8 +370,7 @@ def tie_model(
         if name in grouped:
             continue
         module, tensor_name, _ = _resolve(name, model)
-        with _context(f"tie_model: {name!r}"):
-            _prepare(module, tensor_name, tie)
+        _prepare(module, tensor_name, tie, "tie_model", name)
         singles.append((name, module, tensor_name, tie))
 
     errors: dict[str, float] = {}

@@ -135,7 +135,7 @@ def _refuse_held_elsewhere(module: nn.Module, name: str, where: str) -> None:
         )
 
 
-def _tieable(module: nn.Module, name: str, where: str) -> Tensor:
+def _tieable(module: nn.Module, name: str, where: str, tie: Tie | None = None) -> Tensor:
     """The untied floating-point tensor ``module.<name>``, or a clear error (``where``: caller)."""
     if not isinstance(module, nn.Module):
         raise TieTypeError(f"{where}: expected an nn.Module, got {type(module).__name__}")
@@ -161,7 +161,8 @@ def _tieable(module: nn.Module, name: str, where: str) -> Tensor:
     for kind, names in _UPDATED_IN_PLACE:
         if isinstance(module, kind) and name in names:
             raise TargetError(
-                f"{where}: cannot tie {label} of shape {shape}: {type(module).__name__} updates "
+                f"{where}: cannot tie {label} of shape {shape}"
+                f"{'' if tie is None else f' with {tie!r}'}: {type(module).__name__} updates "
                 "it in place during training, and a tied tensor is rebuilt from its free vector "
                 "on every read, so the updates would be lost. Tie the affine weight and bias "
                 "instead"
@@ -175,9 +176,13 @@ def _tieable(module: nn.Module, name: str, where: str) -> Tensor:
     return tensor
 
 
-def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]:
-    """Everything that can refuse a tie, run before the module is touched."""
-    tensor = _tieable(module, name, "register_tie")
+def _prepare(
+    module: nn.Module, name: str, tie: Tie, call: str = "register_tie", label: str | None = None
+) -> tuple[Tensor, TieLayout]:
+    """Everything that can refuse a tie, run before the module is touched. Errors name the
+    public ``call`` and the tensor (``label``, default ``Linear.weight``); the tie's own errors
+    add the tie and the shape, so each is said once."""
+    tensor = _tieable(module, name, call, tie)
     where = _label(module, name)
     if not isinstance(tie, Tie):
         raise TieTypeError(
@@ -189,7 +194,7 @@ def _prepare(module: nn.Module, name: str, tie: Tie) -> tuple[Tensor, TieLayout]
             f"register_tie({where}): already tied with {existing.tie!r}; register "
             f"`old & new` after remove_tie(), so both constraints are solved together"
         )
-    with _context(f"register_tie({where}, {tie!r}) on shape {tuple(tensor.shape)}"):
+    with _context(f"{call}({where if label is None else label})"):
         layout = solved_layout(tie, tuple(tensor.shape))
     return tensor, layout
 
@@ -398,8 +403,7 @@ def tie_modules(
     ]
     _refuse_shared(model, [f"{q}.{name}" if q else name for q, _ in targets], "tie_modules")
     for qualname, module in targets:
-        with _context(f"tie_modules: module '{qualname}'"):
-            _prepare(module, name, tie)
+        _prepare(module, name, tie, "tie_modules", f"{qualname}.{name}" if qualname else name)
     with all_or_nothing([model]):
         return {
             qualname: register_tie(module, name, tie, init=init) for qualname, module in targets

@@ -82,7 +82,20 @@ class Tie:
         return 1
 
     def check_shape(self, shape: Shape) -> None:
-        """Raise ``ValueError`` (naming the tie, the shape and the requirement) if refused."""
+        """Raise ``ValueError`` saying what ``shape`` lacks if the tie does not apply to it; the
+        error tietorch reports names the tie and the shape (a :class:`~tietorch.errors.ShapeError`).
+
+        >>> class Square(Tie):
+        ...     def check_shape(self, shape):
+        ...         if shape[0] != shape[1]:
+        ...             raise ValueError("needs a square matrix")
+        ...     def key(self, i, j):
+        ...         return i
+        >>> Square().layout((2, 3))
+        Traceback (most recent call last):
+        ...
+        tietorch.errors.ShapeError: Square() on shape (2, 3): needs a square matrix
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -115,15 +128,12 @@ class Tie:
             )
             if shape in cache:
                 return cache[shape]
-        try:
-            self.check_shape(shape)
-        except TietorchError:
-            raise
-        except ValueError as error:  # a tie's own refusal: one class for every refused shape
-            raise ShapeError(str(error)) from error
-        check_size(self, shape, self._solve_bytes_per_entry(shape))
+        with _context(f"{self!r} on shape {shape}"):  # named here, once, for all below
+            checked_shape(self, shape)
+            check_size(shape, self._solve_bytes_per_entry(shape))
+            constraints = self._constraints(shape)
         n = math.prod(shape)
-        index, n_free, sign = solve(n, self._constraints(shape))
+        index, n_free, sign = solve(n, constraints)
         layout = TieLayout(index.view(shape), n_free, None if sign is None else sign.view(shape))
         with _CACHE_LOCK:
             cache[shape] = layout
@@ -141,14 +151,12 @@ class Tie:
         ]
         if "key" in overrides and "relations" in overrides:
             raise DeclarationError(
-                f"{self!r}: a Tie must declare key() or relations(), not both (relations() would "
+                "a Tie must declare key() or relations(), not both (relations() would "
                 "be ignored); declare them as two ties and combine them with `&`, e.g. "
                 "Tie.from_key(f) & Tie.from_relation(g)"
             )
         if not overrides:
-            raise TieTypeError(
-                f"{self!r}: a Tie subclass must override key(), relations() or layout()"
-            )
+            raise TieTypeError("a Tie subclass must override key(), relations() or layout()")
         return overrides[0]
 
     def _solve_bytes_per_entry(self, shape: Shape) -> int:
@@ -181,8 +189,7 @@ class Tie:
             return _evaluate_relations(self, self.relations(*idx), self.sign(*idx), shape)
         except (IndexError, RuntimeError) as error:  # torch errors inside the user's code
             raise DeclarationError(
-                f"{self!r}: evaluating its {declares}() on shape {shape} raised "
-                f"{type(error).__name__}: {error}"
+                f"evaluating its {declares}() raised {type(error).__name__}: {error}"
             ) from error
 
     # ------------------------------------------------------------- from functions
@@ -305,7 +312,18 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def check_size(tie: Any, shape: Shape, bytes_per_entry: int) -> None:
+def checked_shape(tie: Tie, shape: Shape) -> None:
+    """``tie.check_shape(shape)``; a refusal becomes a :class:`ShapeError` (its message says what
+    is wrong; the caller's context names the tie and the shape)."""
+    try:
+        tie.check_shape(shape)
+    except TietorchError:
+        raise
+    except ValueError as error:  # a tie's own refusal: one class for every refused shape
+        raise ShapeError(str(error)) from error
+
+
+def check_size(shape: Shape, bytes_per_entry: int) -> None:
     """Refuse, before anything is allocated, a shape whose solve cannot fit in memory
     (``bytes_per_entry``: the estimate for this kind of layout, e.g.
     :meth:`Tie._solve_bytes_per_entry`)."""
@@ -315,7 +333,7 @@ def check_size(tie: Any, shape: Shape, bytes_per_entry: int) -> None:
     if n >= 2**62 or (memory is not None and needed > memory):
         have = "" if memory is None else f", more than this machine's {memory / 2**30:.3g} GiB"
         raise ShapeError(
-            f"{tie!r} on shape {shape}: {n:,} entries; solving them needs about "
+            f"{n:,} entries; solving them needs about "
             f"{needed / 2**30:.3g} GiB ({bytes_per_entry} bytes per entry){have}. Tie "
             "smaller tensors, or write the layout in closed form (override Tie.layout)"
         )
@@ -351,28 +369,24 @@ def _as_values(tie: Any, what: str, value: Any, kinds: str) -> Tensor:
     ``"sign"`` (real numbers).
     """
     if value is None or isinstance(value, (str, bytes, list, dict, set)):
-        raise TieTypeError(
-            f"{tie!r}: {what} is a {type(value).__name__}; expected a tensor (or an int)"
-        )
+        raise TieTypeError(f"{what} is a {type(value).__name__}; expected a tensor (or an int)")
     try:
         tensor = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):
-        raise TieTypeError(
-            f"{tie!r}: {what} is a {type(value).__name__}, which is not a tensor"
-        ) from None
+        raise TieTypeError(f"{what} is a {type(value).__name__}, which is not a tensor") from None
     dtype = tensor.dtype
     if dtype.is_complex:
-        raise TieTypeError(f"{tie!r}: {what} is complex ({dtype}); ties need real values")
+        raise TieTypeError(f"{what} is complex ({dtype}); ties need real values")
     if dtype in (torch.uint16, torch.uint32, torch.uint64):
-        raise TieTypeError(f"{tie!r}: {what} has dtype {dtype}; use int64")
+        raise TieTypeError(f"{what} has dtype {dtype}; use int64")
     if kinds == "index" and (dtype.is_floating_point or dtype == torch.bool):
         raise TieTypeError(
-            f"{tie!r}: {what} has dtype {dtype}; index tensors must be integers (a bool "
+            f"{what} has dtype {dtype}; index tensors must be integers (a bool "
             "tensor is a mask, not an index)"
         )
     if kinds == "key" and dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
         raise DeclarationError(
-            f"{tie!r}: {what} holds NaN or infinite values; every key must be finite (NaN "
+            f"{what} holds NaN or infinite values; every key must be finite (NaN "
             "never equals itself, so each such entry would be its own class)"
         )
     return tensor
@@ -383,7 +397,7 @@ def _broadcast(tie: Any, what: str, tensor: Tensor, shape: Shape) -> Tensor:
         return torch.broadcast_to(tensor, shape)
     except RuntimeError:
         raise ShapeError(
-            f"{tie!r}: {what} has shape {tuple(tensor.shape)}, which does not broadcast to the "
+            f"{what} has shape {tuple(tensor.shape)}, which does not broadcast to the "
             f"tensor's shape {shape}"
         ) from None
 
@@ -392,7 +406,7 @@ def key_parts(tie: Any, key: Any) -> tuple[Any, ...]:
     """What ``key()`` returned, as a tuple of parts (a single tensor is one part)."""
     if isinstance(key, list):
         raise TieTypeError(
-            f"{tie!r}: key() returned a list; return a tensor, or a tuple of tensors for a "
+            "key() returned a list; return a tensor, or a tuple of tensors for a "
             "key of several parts"
         )
     return key if isinstance(key, tuple) else (key,)
@@ -405,17 +419,15 @@ def relation_list(tie: Any, relations: Any, signs: Any) -> list[tuple[tuple[Any,
         relations = [relations]
     if not isinstance(relations, list):
         raise TieTypeError(
-            f"{tie!r}: relations() must return a tuple of index tensors (one per dim) or a "
+            f"relations() must return a tuple of index tensors (one per dim) or a "
             f"list of such tuples, got {type(relations).__name__}"
         )
     if not relations:
-        raise DeclarationError(f"{tie!r}: relations() returned no relation (an empty list)")
+        raise DeclarationError("relations() returned no relation (an empty list)")
     if not isinstance(signs, list):
         signs = [signs] * len(relations)
     if len(signs) != len(relations):
-        raise DeclarationError(
-            f"{tie!r}: sign() returned {len(signs)} signs for {len(relations)} relations"
-        )
+        raise DeclarationError(f"sign() returned {len(signs)} signs for {len(relations)} relations")
     return list(zip(relations, signs))
 
 
@@ -445,7 +457,7 @@ def _evaluate_relations(
         if not isinstance(relation, tuple) or len(relation) != len(target_shape):
             got = len(relation) if isinstance(relation, tuple) else type(relation).__name__
             raise DeclarationError(
-                f"{tie!r}: relation {r} must give one index tensor per dim of the shape "
+                f"relation {r} must give one index tensor per dim of the shape "
                 f"{target_shape} ({len(target_shape)}), got {got}"
             )
         target = torch.zeros(shape, dtype=torch.long)
@@ -458,7 +470,7 @@ def _evaluate_relations(
                 if low < -size or high >= size:
                     bad = low if low < -size else high
                     raise DeclarationError(
-                        f"{tie!r}: relation {r} maps dim {d} (size {size}) to index {bad}, "
+                        f"relation {r} maps dim {d} (size {size}) to index {bad}, "
                         f"outside [-{size}, {size}) on shape {target_shape}"
                     )
             component = torch.where(component < 0, component + size, component)
@@ -470,7 +482,7 @@ def _evaluate_relations(
                 sign_tensor.numel() and not bool(((sign_tensor == 1) | (sign_tensor == -1)).all())
             ):
                 raise DeclarationError(
-                    f"{tie!r}: sign() must give +1 or -1 for relation {r}, got other values"
+                    f"sign() must give +1 or -1 for relation {r}, got other values"
                 )
             sign_tensor = _broadcast(tie, f"the sign of relation {r}", sign_tensor, shape)
             sign_tensor = sign_tensor.reshape(-1).to(torch.int8)

@@ -39,16 +39,14 @@ def resolve_dims(tie: Tie, dims: tuple[int, ...], shape: Shape) -> tuple[int, ..
     ndim = len(shape)
     for d in dims:
         if not -ndim <= d < ndim:
-            raise ValueError(
-                f"{tie!r} acts on dims {dims}, but the tensor has shape {shape} ({ndim} dims)"
-            )
+            raise ValueError(f"acts on dims {dims}, but the tensor has {ndim} dims")
     resolved = tuple(d % ndim for d in dims)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"{tie!r}: dims {dims} name the same dim twice for shape {shape}")
+        raise ValueError(f"dims {dims} name the same dim twice")
     return resolved
 
 
 def require_equal_sizes(tie: Tie, dims: tuple[int, ...], shape: Shape, why: str) -> None:
     sizes = {shape[d] for d in dims}
     if len(sizes) > 1:
-        raise ValueError(f"{tie!r} needs dims {dims} of equal size ({why}), got shape {shape}")
+        raise ValueError(f"needs dims {dims} of equal size ({why})")

@@ -60,11 +60,9 @@ class KernelSymmetry(Tie):
 
     def check_shape(self, shape: Shape) -> None:
         if len(shape) < 2:
-            raise ValueError(f"{self!r} acts on the last two dims; got shape {shape}")
+            raise ValueError("acts on the last two dims; the tensor has fewer")
         if self.group in _NEEDS_SQUARE and shape[-1] != shape[-2]:
-            raise ValueError(
-                f"{self!r} needs a square kernel (last two dims equal), got shape {shape}"
-            )
+            raise ValueError("needs a square kernel (last two dims equal)")
 
     def relations(self, *idx: Tensor) -> list[tuple[Tensor, ...]]:
         *rest, a, b = idx

@@ -61,9 +61,7 @@ class ShareAcrossGroups(Tie):
     def check_shape(self, shape: Shape) -> None:
         (dim,) = resolve_dims(self, (self.dim,), shape)
         if shape[dim] % self.groups:
-            raise ValueError(
-                f"{self!r} needs dim {self.dim} divisible by {self.groups}, got shape {shape}"
-            )
+            raise ValueError(f"needs dim {self.dim} divisible by {self.groups}")
 
     def key(self, *idx: Tensor) -> tuple[Tensor, ...]:
         dim = self.dim % len(idx)
