@@ -33,8 +33,8 @@ from torch.nn.modules.utils import _pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import interleaved_medians, peak_tensor_mib, table
+from tietorch.layers import LocallyConnected2d, LocallyConnectedTranspose2d
 from tietorch.layers import _lc_function as _lc
-from tietorch.layers.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
 
 # name: (batch, in_channels, out_channels, size, kernel, stride, input requires grad)
 CASES = {
