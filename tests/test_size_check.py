@@ -41,7 +41,7 @@ def test_a_solved_pair_of_the_same_size_is_refused_with_its_estimate(one_mib: No
     [
         (tietorch.Toeplitz(), 48),  # a key
         (tietorch.Symmetric(), 48),  # unsigned relations
-        (tietorch.Antisymmetric(), 96),  # signed relations: the doubled graph
+        (tietorch.Antisymmetric(), 96),  # signed relations: parities, more rounds
         (tietorch.Tie.from_relation(lambda i, j: (j, i), sign=-1), 96),
         (tietorch.Symmetric() & tietorch.Antisymmetric(), 96),
     ],

@@ -24,7 +24,7 @@ _LAYOUT_CACHE_SIZE = 4  # shapes remembered per tie; a 10^7-entry layout holds ~
 # Peak bytes per entry while solving, by kind of declaration; the up-front size check compares
 # the estimate with the memory. Measured as the peak RSS growth of one layout on 1.6 * 10^7
 # entries (torch 2.13, CPU): a key (int64 codes, torch.unique's sort and inverse) 42, unsigned
-# relations (targets, parents, edges) 36, signed relations (the doubled graph) 79; rounded up.
+# relations (targets, parents, edges) 36, signed relations (parities too) 79; rounded up.
 KEY_BYTES_PER_ENTRY = 48
 RELATION_BYTES_PER_ENTRY = 48
 SIGNED_BYTES_PER_ENTRY = 96

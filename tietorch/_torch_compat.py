@@ -1,6 +1,8 @@
 """Every place tietorch relies on torch internals, in one module.
 
-Tested with torch 2.2 (the declared minimum) through 2.13. Public APIs are used wherever they
+Tested with torch 2.13 (the CPU build; the only torch this project's machines can install).
+``torch>=2.2`` is the declared lower bound: what the code is written for (the torch < 2.5 and
+< 2.3 fallbacks below), not a version the suite runs on. Public APIs are used wherever they
 exist (``parametrize.type_before_parametrizations``, ``parametrize.is_parametrized``,
 ``register_parametrization``); what remains works around two behaviours of
 ``torch.nn.utils.parametrize`` that have no public switch:
