@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._tie import AllOf, Tie, TieLayout, _grids, key_parts, relation_list
+from .errors import DeclarationError, TieTypeError
 
 __all__: list[str] = []
 
@@ -40,7 +41,7 @@ def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
                 rows.append(row)
         return rows
     if declares == "layout":  # a tie declared only by its layout: nothing independent to check
-        raise TypeError(f"{tie!r} declares no key or relations, only a layout")
+        raise TieTypeError(f"{tie!r} declares no key or relations, only a layout")
     for relation, sign in relation_list(tie, tie.relations(*idx), tie.sign(*idx)):
         targets = [
             np.broadcast_to(np.asarray(torch.as_tensor(t)), shape).reshape(-1) for t in relation
@@ -60,7 +61,7 @@ def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
 def _wrap(i: int, size: int, tie: Tie) -> int:
     """Python-style wrapping of a negative index; anything else out of range is refused."""
     if not -size <= i < size:
-        raise ValueError(f"{tie!r}: relation index {i} is outside [-{size}, {size})")
+        raise DeclarationError(f"{tie!r}: relation index {i} is outside [-{size}, {size})")
     return i % size
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._tie import Tie, TieLayout
+from .errors import ShapeError, TieTypeError
 
 if TYPE_CHECKING:  # matplotlib is optional (the ``plot`` extra)
     from matplotlib.figure import Figure
@@ -214,17 +215,17 @@ def _tie_and_layout(
     if isinstance(tie_or_layout, TieLayout):
         layout = tie_or_layout
         if shape is not None and tuple(shape) != layout.shape:
-            raise ValueError(
+            raise ShapeError(
                 f"{caller}: the layout has shape {layout.shape}, but shape={tuple(shape)} was "
                 "given (leave shape out for a layout)"
             )
         return None, layout
     if not isinstance(tie_or_layout, Tie):
-        raise TypeError(
+        raise TieTypeError(
             f"{caller}: expected a tietorch.Tie or TieLayout, got {type(tie_or_layout).__name__}"
         )
     if shape is None:
-        raise TypeError(f"{caller}: {tie_or_layout!r} needs a shape, e.g. (4, 4, 3, 3)")
+        raise TieTypeError(f"{caller}: {tie_or_layout!r} needs a shape, e.g. (4, 4, 3, 3)")
     return tie_or_layout, tie_or_layout.layout(tuple(shape))
 
 

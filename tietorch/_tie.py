@@ -16,7 +16,14 @@ from torch import Tensor
 
 from ._layout import Shape, TieLayout, on_cpu
 from ._solver import _KeyConstraint, _RelationConstraint, solve
-from .errors import DeclarationError, ShapeError, TietorchError, TieTypeError, _context
+from .errors import (
+    ArgumentError,
+    DeclarationError,
+    ShapeError,
+    TietorchError,
+    TieTypeError,
+    _context,
+)
 
 __all__ = ["AllOf", "Tie", "TieLayout"]
 
@@ -217,7 +224,9 @@ class Tie:
         42
         """
         if not callable(sign) and not (isinstance(sign, int) and sign in (1, -1)):
-            raise ValueError(f"Tie.from_relation: sign must be +1, -1 or a function, got {sign!r}")
+            raise ArgumentError(
+                f"Tie.from_relation: sign must be +1, -1 or a function, got {sign!r}"
+            )
         return _FunctionTie(relation=fn, sign=sign, name=name)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
+    "ArgumentError",
     "CheckpointError",
     "DeclarationError",
     "ShapeError",
@@ -46,6 +47,11 @@ class TargetError(TietorchError, ValueError):
     """The tensor or module cannot be tied (or untied) this way: a Parameter shared between
     modules, a buffer its module updates in place, an inference-mode tensor, a member of a
     group removed on its own, ..."""
+
+
+class ArgumentError(TietorchError, ValueError):
+    """An argument value a constructor or a call refuses: a count below 1, an unknown group
+    name, a padding a layer cannot apply, a tie a layer cannot use."""
 
 
 class CheckpointError(TietorchError, ValueError):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._tie import AllOf, Tie
+from ..errors import ArgumentError, TieTypeError
 from ..ties.tile_share import TileShare
 from . import _lc_function as _lc
 
@@ -35,19 +36,19 @@ def _tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
         try:
             out = tuple(value)  # type: ignore[arg-type]
         except TypeError:
-            raise TypeError(
+            raise TieTypeError(
                 f"{name} must be an int or a tuple of {n} ints, got {value!r}"
             ) from None
         if len(out) == 1 and n > 1:
             out = out * n
     if len(out) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
-        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+        raise ArgumentError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
     return out
 
 
 def _positive(value: tuple[int, ...], name: str) -> tuple[int, ...]:
     if any(v <= 0 for v in value):
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ArgumentError(f"{name} must be positive, got {value}")
     return value
 
 
@@ -71,7 +72,7 @@ def _pads(padding: object, n: int, name: str) -> list[tuple[int, int]]:
         elif len(items) == 1 and n > 1:
             items = items * n
     else:
-        raise TypeError(f"{name}: padding must be {expected}, got {padding!r}")
+        raise TieTypeError(f"{name}: padding must be {expected}, got {padding!r}")
     pads: list[tuple[int, int]] = []
     for v in items:
         if _is_int(v):
@@ -79,12 +80,12 @@ def _pads(padding: object, n: int, name: str) -> list[tuple[int, int]]:
         elif isinstance(v, Sequence) and len(v) == 2 and all(_is_int(u) for u in v):
             pair = (v[0], v[1])
         else:
-            raise ValueError(f"{name}: padding must be {expected}, got {padding!r}")
+            raise ArgumentError(f"{name}: padding must be {expected}, got {padding!r}")
         pads.append(pair)  # type: ignore[arg-type]
     if len(pads) != n:
-        raise ValueError(f"{name}: padding must be {expected}, got {padding!r}")
+        raise ArgumentError(f"{name}: padding must be {expected}, got {padding!r}")
     if any(p < 0 for pair in pads for p in pair):
-        raise ValueError(f"{name}: padding must be >= 0, got {padding!r}")
+        raise ArgumentError(f"{name}: padding must be >= 0, got {padding!r}")
     return pads
 
 
@@ -101,7 +102,7 @@ def _string_pads(
         return [(0, 0)] * len(kernel)
     if padding == "same":
         if any(s != 1 for s in stride):
-            raise ValueError(
+            raise ArgumentError(
                 f"{layer}: padding='same' is not supported for strided layers "
                 f"(stride={stride}), like nn.{conv}"
             )
@@ -110,7 +111,7 @@ def _string_pads(
             total = d * (k - 1)  # PyTorch's convention: the extra pixel goes last
             pads.append((total // 2, total - total // 2))
         return pads
-    raise ValueError(
+    raise ArgumentError(
         f"{layer}: padding must be 'valid', 'same', an int or a tuple, got {padding!r}"
     )
 
@@ -160,18 +161,18 @@ def parse_arguments(
         ("groups", groups),
     ):
         if not _is_int(v) or v <= 0:
-            raise ValueError(f"{layer}: {label} must be a positive int, got {v!r}")
+            raise ArgumentError(f"{layer}: {label} must be a positive int, got {v!r}")
     if in_channels % groups or out_channels % groups:
-        raise ValueError(
+        raise ArgumentError(
             f"{layer}: in_channels ({in_channels}) and out_channels ({out_channels}) must "
             f"be divisible by groups ({groups}), like nn.{conv}"
         )
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
+        raise ArgumentError(
             f"{layer}: implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
         )
     if transposed and isinstance(padding, str):
-        raise ValueError(f"{layer}: padding must be ints, like nn.ConvTranspose, not a string")
+        raise ArgumentError(f"{layer}: padding must be ints, like nn.ConvTranspose, not a string")
     kernel = _positive_tuple(kernel_size, n, "kernel_size")
     size = _positive_tuple(input_size, n, "input_size")
     strides = _positive_tuple(stride, n, "stride")
@@ -180,7 +181,7 @@ def parse_arguments(
     if output_padding is not None:
         out_pad = _tuple(output_padding, n, "output_padding")
         if any(not 0 <= p < s for p, s in zip(out_pad, strides)):
-            raise ValueError(
+            raise ArgumentError(
                 f"{layer}: output_padding must be >= 0 and smaller than the stride "
                 f"{strides}, got {out_pad}"
             )
@@ -200,7 +201,7 @@ def parse_arguments(
             for i, k, s, (lo, hi), d in zip(size, kernel, strides, pads, dilations)
         )
         if any(o <= 0 for o in out):
-            raise ValueError(
+            raise ArgumentError(
                 f"{layer}: no output location: input_size={size} with "
                 f"kernel_size={kernel}, padding={shown}, "
                 f"dilation={dilations}, stride={strides} gives output size {out}"
@@ -211,7 +212,7 @@ def parse_arguments(
             for i, s, (lo, hi), d, k, op in zip(size, strides, pads, dilations, kernel, out_pad)
         )
         if any(o <= 0 for o in out):
-            raise ValueError(
+            raise ArgumentError(
                 f"{layer}: no output location: input_size={size} with "
                 f"kernel_size={kernel}, padding={shown}, stride={strides}, "
                 f"dilation={dilations}, output_padding={out_pad} gives output "

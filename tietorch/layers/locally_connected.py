@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 from .._register import register_tie
 from .._tie import AllOf, Tie
 from .._torch_compat import original, parametrization_list
+from ..errors import ArgumentError, ShapeError, TieTypeError
 from ..ties.tile_share import TileShare
 from . import _lc_function as _lc
 from ._arguments import LayerArguments, Padding, bias_tie, parse_arguments
@@ -126,7 +127,7 @@ class _LocallyConnectedNd(nn.Module):
             if isinstance(part, TileShare):
                 bad = [d for d in part.dims if d % len(self.weight.shape) >= self._n]
                 if bad:
-                    raise ValueError(
+                    raise ArgumentError(
                         f"{type(self).__name__}: {part!r} must act on the location dims "
                         f"{tuple(range(self._n))} of the weight "
                         f"{tuple(self.weight.shape)}, not on dims {tuple(bad)}"
@@ -209,19 +210,19 @@ class _LocallyConnectedNd(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         n, name = self._n, type(self).__name__
         if x.dim() not in (n + 1, n + 2):
-            raise ValueError(
+            raise ShapeError(
                 f"{name}: expected a {n + 1}-d (unbatched) or {n + 2}-d (batched) input, got "
                 f"shape {tuple(x.shape)}"
             )
         c = x.shape[-n - 1]
         if c != self.in_channels:
-            raise ValueError(
+            raise ShapeError(
                 f"{name}: expected {self.in_channels} input channels, got {c} "
                 f"(input shape {tuple(x.shape)})"
             )
         size = tuple(x.shape[-n:])
         if size != self.input_size:
-            raise ValueError(
+            raise ShapeError(
                 f"{name}: expected spatial size {self.input_size} (input_size), got {size} "
                 f"(input shape {tuple(x.shape)}); the locations are fixed at construction"
             )
@@ -263,7 +264,7 @@ class _LocallyConnectedNd(nn.Module):
             x, weight = cast(x), cast(weight)
             bias = None if bias is None else cast(bias)
         if x.dtype != weight.dtype:
-            raise TypeError(
+            raise TieTypeError(
                 f"{type(self).__name__}: input dtype {x.dtype} does not match the weight's "
                 f"{weight.dtype} (input shape {tuple(x.shape)}); convert one of them, or run "
                 "under torch.autocast, as for nn.Conv2d"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import TargetError, TieTypeError
 from .locally_connected import LocallyConnected1d, LocallyConnected2d, _LocallyConnectedNd
 from .locally_connected_transpose import (
     LocallyConnectedTranspose1d,
@@ -53,16 +54,16 @@ def unshare(
     ]
     cls = next((c for t, c in classes if isinstance(conv, t)), None)
     if cls is None:
-        raise TypeError(
+        raise TieTypeError(
             "unshare: expected an nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d or "
             f"nn.ConvTranspose2d, got {type(conv).__name__}"
         )
     if conv.groups != 1 and issubclass(cls, _LocallyConnectedTransposeNd):
-        raise ValueError(
+        raise TargetError(
             f"unshare: grouped transposed convs are not supported, got groups={conv.groups}"
         )
     if conv.padding_mode != "zeros":
-        raise ValueError(
+        raise TargetError(
             f"unshare: only zero padding is supported, got padding_mode={conv.padding_mode!r}"
         )
     weight = conv.weight.detach()

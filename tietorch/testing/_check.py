@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .._rank import solution_dimension
 from .._tie import AllOf, Tie, TieLayout
+from ..errors import ArgumentError, ShapeError, TieTypeError
 from ._diagnosis import _call, _count_context, _entry, _fail, _first, _max, _num
 from ._oracle import (
     _ATOL,
@@ -135,9 +136,9 @@ def check_tie(
         >>> _ = check_tie(Toeplitz(), shapes=[(3, 3), (2, 5), (2, 3, 4)], max_examples=5)
     """
     if not isinstance(tie, Tie):
-        raise TypeError(f"check_tie: expected a tietorch.Tie, got {type(tie).__name__}")
+        raise TieTypeError(f"check_tie: expected a tietorch.Tie, got {type(tie).__name__}")
     if isinstance(max_examples, bool) or int(max_examples) < 1:
-        raise ValueError(f"check_tie: max_examples must be >= 1, got {max_examples!r}")
+        raise ArgumentError(f"check_tie: max_examples must be >= 1, got {max_examples!r}")
     if _in_hypothesis_test():
         raise RuntimeError(
             "check_tie runs its own Hypothesis search (@given), and Hypothesis cannot nest @given: "
@@ -193,20 +194,20 @@ def _shape_batches(
         batch = st.lists(accepted, min_size=SHAPES_PER_EXAMPLE, max_size=SHAPES_PER_EXAMPLE)
         return batch.map(lambda b: tuple(sorted(b, key=math.prod))), None
     if isinstance(shapes, (str, bytes)):
-        raise TypeError(f"check_tie: shapes must be shapes, got {shapes!r}")
+        raise TieTypeError(f"check_tie: shapes must be shapes, got {shapes!r}")
     listed = list(shapes)
     if any(isinstance(s, (int, np.integer)) for s in listed):
-        raise TypeError(
+        raise TieTypeError(
             f"check_tie: shapes= takes several shapes, e.g. shapes=[{tuple(listed)}], "
             f"got the single shape {tuple(listed)}"
         )
     if not listed:
-        raise ValueError("check_tie: shapes= is empty")
+        raise ArgumentError("check_tie: shapes= is empty")
     unique = sorted({_as_shape(s) for s in listed}, key=lambda s: (math.prod(s), len(s), s))
     for shape in unique:
         error = _refusal(tie, shape)
         if error is not None:
-            raise ValueError(
+            raise ShapeError(
                 f"check_tie: {tie!r} refuses shape {shape} ({type(error).__name__}: {error}); "
                 f"pass shapes its check_shape accepts"
             )

@@ -34,6 +34,7 @@ from hypothesis.strategies import SearchStrategy
 from torch import Tensor
 
 from .._tie import Tie, TieLayout
+from ..errors import ArgumentError, TieTypeError
 
 __all__ = ["shapes_for", "tensors_satisfying", "thetas"]
 
@@ -85,9 +86,9 @@ def _shapes_by_rank(tie: Tie, max_side: int, max_dims: int) -> dict[int, list[Sh
     ``check_shape`` but cannot be called with one index grid.
     """
     if not isinstance(tie, Tie):
-        raise TypeError(f"expected a tietorch.Tie, got {type(tie).__name__}")
+        raise TieTypeError(f"expected a tietorch.Tie, got {type(tie).__name__}")
     if max_side < 1 or max_dims < 1:
-        raise ValueError(f"max_side and max_dims must be >= 1, got {max_side}, {max_dims}")
+        raise ArgumentError(f"max_side and max_dims must be >= 1, got {max_side}, {max_dims}")
     by_rank: dict[int, list[Shape]] = {}
     last_error: tuple[Shape, Exception] | None = None
     for ndim in range(1, max_dims + 1):
@@ -110,7 +111,7 @@ def _shapes_by_rank(tie: Tie, max_side: int, max_dims: int) -> dict[int, list[Sh
         if last_error is not None:
             shape, error = last_error
             why = f" (e.g. {shape}: {type(error).__name__}: {error})"
-        raise ValueError(
+        raise ArgumentError(
             f"no shape with 1 to {max_dims} dims of sizes 1 to {max_side} fits {tie!r}: none is "
             f"accepted by its check_shape and evaluates its declaration{why}. Pass the shapes to "
             f"check explicitly, e.g. check_tie(tie, shapes=[(4, 4, 3, 3)]), or widen "
@@ -170,7 +171,7 @@ def thetas(
         >>> test_project_inverts_materialize()
     """
     if not dtype.is_floating_point:
-        raise TypeError(f"thetas: dtype must be a floating dtype, got {dtype}")
+        raise TieTypeError(f"thetas: dtype must be a floating dtype, got {dtype}")
     if elements is None:
         elements = st.floats(-100.0, 100.0, allow_nan=False, allow_infinity=False)
     return arrays(np.float64, int(layout.n_free), elements=elements).map(

@@ -6,6 +6,7 @@ import operator
 from collections.abc import Sequence
 
 from .._tie import Tie
+from ..errors import ArgumentError, ShapeError, TieTypeError
 
 Shape = tuple[int, ...]
 
@@ -18,7 +19,7 @@ def as_dims(dims: int | Sequence[int]) -> tuple[int, ...]:
             raise TypeError
         return tuple(operator.index(d) for d in values)
     except TypeError:
-        raise TypeError(f"dims must be an int or a sequence of ints, got {dims!r}") from None
+        raise TieTypeError(f"dims must be an int or a sequence of ints, got {dims!r}") from None
 
 
 def as_count(value: object, what: str) -> int:
@@ -28,9 +29,9 @@ def as_count(value: object, what: str) -> int:
             raise TypeError
         count = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise TypeError(f"{what} must be an int, got {value!r}") from None
+        raise TieTypeError(f"{what} must be an int, got {value!r}") from None
     if count < 1:
-        raise ValueError(f"{what} must be >= 1, got {value!r}")
+        raise ArgumentError(f"{what} must be >= 1, got {value!r}")
     return count
 
 
@@ -39,14 +40,14 @@ def resolve_dims(tie: Tie, dims: tuple[int, ...], shape: Shape) -> tuple[int, ..
     ndim = len(shape)
     for d in dims:
         if not -ndim <= d < ndim:
-            raise ValueError(f"acts on dims {dims}, but the tensor has {ndim} dims")
+            raise ShapeError(f"acts on dims {dims}, but the tensor has {ndim} dims")
     resolved = tuple(d % ndim for d in dims)
     if len(set(resolved)) != len(resolved):
-        raise ValueError(f"dims {dims} name the same dim twice")
+        raise ShapeError(f"dims {dims} name the same dim twice")
     return resolved
 
 
 def require_equal_sizes(tie: Tie, dims: tuple[int, ...], shape: Shape, why: str) -> None:
     sizes = {shape[d] for d in dims}
     if len(sizes) > 1:
-        raise ValueError(f"needs dims {dims} of equal size ({why})")
+        raise ShapeError(f"needs dims {dims} of equal size ({why})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .._tie import Tie
+from ..errors import ArgumentError, ShapeError
 from ._dims import Shape
 
 __all__ = ["KernelSymmetry"]
@@ -53,16 +54,16 @@ class KernelSymmetry(Tie):
 
     def __init__(self, group: str) -> None:
         if group not in _GENERATORS:
-            raise ValueError(
+            raise ArgumentError(
                 f"KernelSymmetry: unknown group {group!r}; expected one of {sorted(_GENERATORS)}"
             )
         self.group = group
 
     def check_shape(self, shape: Shape) -> None:
         if len(shape) < 2:
-            raise ValueError("acts on the last two dims; the tensor has fewer")
+            raise ShapeError("acts on the last two dims; the tensor has fewer")
         if self.group in _NEEDS_SQUARE and shape[-1] != shape[-2]:
-            raise ValueError("needs a square kernel (last two dims equal)")
+            raise ShapeError("needs a square kernel (last two dims equal)")
 
     def relations(self, *idx: Tensor) -> list[tuple[Tensor, ...]]:
         *rest, a, b = idx

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .._tie import Tie
+from ..errors import ShapeError
 from ._dims import Shape, as_count, as_dims, resolve_dims
 
 __all__ = ["ShareAlong", "ShareAcrossGroups"]
@@ -61,7 +62,7 @@ class ShareAcrossGroups(Tie):
     def check_shape(self, shape: Shape) -> None:
         (dim,) = resolve_dims(self, (self.dim,), shape)
         if shape[dim] % self.groups:
-            raise ValueError(f"needs dim {self.dim} divisible by {self.groups}")
+            raise ShapeError(f"needs dim {self.dim} divisible by {self.groups}")
 
     def key(self, *idx: Tensor) -> tuple[Tensor, ...]:
         dim = self.dim % len(idx)

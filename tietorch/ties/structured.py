@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .._tie import Tie
+from ..errors import ArgumentError
 from ._dims import Shape, as_dims, require_equal_sizes, resolve_dims
 
 __all__ = ["Toeplitz", "Hankel", "Circulant"]
@@ -18,7 +19,7 @@ class _TwoDimKey(Tie):
     def __init__(self, dims: Sequence[int] = (-2, -1)) -> None:
         self.dims = as_dims(dims)
         if len(self.dims) != 2:
-            raise ValueError(f"{type(self).__name__}: dims must name two dims, got {dims!r}")
+            raise ArgumentError(f"{type(self).__name__}: dims must name two dims, got {dims!r}")
 
     def check_shape(self, shape: Shape) -> None:
         resolve_dims(self, self.dims, shape)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .._tie import Tie
+from ..errors import ArgumentError
 from ._dims import Shape, as_dims, require_equal_sizes, resolve_dims
 
 __all__ = ["SymmetricFlip", "Symmetric", "Antisymmetric"]
@@ -41,9 +42,9 @@ class SymmetricFlip(Tie):
         self.dims = as_dims(dims)
         self.flip = as_dims(flip)
         if len(self.dims) != 2:
-            raise ValueError(f"{type(self).__name__}: dims must name two dims, got {dims!r}")
+            raise ArgumentError(f"{type(self).__name__}: dims must name two dims, got {dims!r}")
         if sign not in (1, -1):
-            raise ValueError(f"{type(self).__name__}: sign must be +1 or -1, got {sign!r}")
+            raise ArgumentError(f"{type(self).__name__}: sign must be +1 or -1, got {sign!r}")
         self._sign = sign
 
     def check_shape(self, shape: Shape) -> None:

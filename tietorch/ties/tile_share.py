@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .._tie import Tie
+from ..errors import ArgumentError
 from ._dims import Shape, as_count, as_dims, resolve_dims
 
 __all__ = ["TileShare"]
@@ -43,7 +44,7 @@ class TileShare(Tie):
         else:
             tiles = (as_count(tile, "TileShare: tile"),) * len(self.dims)
         if len(tiles) != len(self.dims):
-            raise ValueError(
+            raise ArgumentError(
                 f"TileShare: tile {tile!r} must be an int or give one period per dim of {self.dims}"
             )
         self.tile = tiles
