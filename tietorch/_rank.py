@@ -9,6 +9,8 @@ for entries with equal keys) and uses linear algebra: the tied subspace is the n
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -19,57 +21,87 @@ from .errors import DeclarationError, TieTypeError
 __all__: list[str] = []
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch (and its LAPACK) on one thread, then restore the thread count. On matrices of a
+    few hundred columns, threads only cost: under load (more busy threads than cores) a threaded
+    SVD waits on its helpers, 10 to 100 times longer than the single-threaded one."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _rows_of(tie: Tie, shape: tuple[int, ...]) -> list[np.ndarray]:
     """The constraint rows declared by ``tie`` (not by its layout) on ``shape``."""
-    if isinstance(tie, AllOf):
-        return [row for part in tie.ties for row in _rows_of(part, shape)]
+    return list(_matrix_of(tie, shape))
+
+
+def _matrix_of(tie: Tie, shape: tuple[int, ...]) -> np.ndarray:
+    """The constraint rows declared by ``tie`` (not by its layout) on ``shape``, stacked."""
     n = math.prod(shape)
+    if isinstance(tie, AllOf):
+        blocks = [_matrix_of(part, shape) for part in tie.ties]
+        return np.concatenate(blocks) if blocks else np.zeros((0, n))
     declares = tie._declares()
     idx = _grids(shape)
-    rows: list[np.ndarray] = []
     if declares == "key":
         parts = key_parts(tie, tie.key(*idx))
         columns = [
             torch.broadcast_to(torch.as_tensor(p), shape).reshape(-1).tolist() for p in parts
         ]
         first: dict[tuple, int] = {}
+        xs, ys = [], []
         for x, value in enumerate(zip(*columns) if columns else [()] * n):
             y = first.setdefault(tuple(value), x)
             if y != x:
-                row = np.zeros(n)
-                row[x], row[y] = 1.0, -1.0
-                rows.append(row)
+                xs.append(x)
+                ys.append(y)
+        rows = np.zeros((len(xs), n))
+        rows[np.arange(len(xs)), xs] = 1.0
+        rows[np.arange(len(xs)), ys] = -1.0
         return rows
     if declares == "layout":  # a tie declared only by its layout: nothing independent to check
         raise TieTypeError(f"{tie!r} declares no key or relations, only a layout")
+    blocks = []
+    entries = np.arange(n)
     for relation, sign in relation_list(tie, tie.relations(*idx), tie.sign(*idx)):
         targets = [
-            np.broadcast_to(np.asarray(torch.as_tensor(t)), shape).reshape(-1) for t in relation
+            np.broadcast_to(np.asarray(torch.as_tensor(t)), shape).reshape(-1).astype(np.int64)
+            for t in relation
         ]
         s = np.broadcast_to(np.asarray(torch.as_tensor(sign)), shape).reshape(-1)
-        for x in range(n):
-            target = tuple(_wrap(int(t[x]), size, tie) for t, size in zip(targets, shape))
-            y = int(np.ravel_multi_index(target, shape)) if shape else 0
-            row = np.zeros(n)
-            row[x] += 1.0
-            row[y] -= float(s[x])
-            if row.any():
-                rows.append(row)
-    return rows
+        wrapped = _wrap(targets, shape, tie)
+        partner = np.ravel_multi_index(wrapped, shape) if shape else np.zeros(n, dtype=np.intp)
+        rows = np.zeros((n, n))
+        rows[entries, entries] += 1.0
+        rows[entries, partner] -= s.astype(np.float64)
+        blocks.append(rows[rows.any(axis=1)])
+    return np.concatenate(blocks) if blocks else np.zeros((0, n))
 
 
-def _wrap(i: int, size: int, tie: Tie) -> int:
-    """Python-style wrapping of a negative index; anything else out of range is refused."""
-    if not -size <= i < size:
-        raise DeclarationError(f"{tie!r}: relation index {i} is outside [-{size}, {size})")
-    return i % size
+def _wrap(targets: list[np.ndarray], shape: tuple[int, ...], tie: Tie) -> list[np.ndarray]:
+    """Python-style wrapping of negative indices; anything else out of range is refused (the
+    first such entry, in order, is named)."""
+    out = [(t < -size) | (t >= size) for t, size in zip(targets, shape)]
+    if out and np.any(out):
+        x = int(np.flatnonzero(np.any(out, axis=0))[0])
+        d = next(d for d in range(len(shape)) if out[d][x])
+        size = shape[d]
+        raise DeclarationError(
+            f"{tie!r}: relation index {targets[d][x]} is outside [-{size}, {size})"
+        )
+    return [t % size for t, size in zip(targets, shape)]
 
 
 def constraint_matrix(tie: Tie, shape: tuple[int, ...]) -> np.ndarray:
     """The dense matrix ``C`` (rows: declared relations) whose null space is the tied space."""
-    rows = _rows_of(tie, tuple(shape))
-    n = math.prod(shape)
-    return np.stack(rows) if rows else np.zeros((0, n))
+    return _matrix_of(tie, tuple(shape))
 
 
 def gather_matrix(layout: TieLayout) -> np.ndarray:
@@ -86,4 +118,7 @@ def solution_dimension(tie: Tie, shape: tuple[int, ...]) -> int:
     """``N - rank(C)``: the number of free parameters any correct layout must have."""
     c = constraint_matrix(tie, shape)
     n = math.prod(shape)
-    return n - (int(np.linalg.matrix_rank(c)) if c.size else 0)
+    if not c.size:
+        return n
+    with one_thread():  # an SVD with the tolerance of numpy's matrix_rank
+        return n - int(torch.linalg.matrix_rank(torch.from_numpy(c)))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._rank import constraint_matrix
+from .._rank import constraint_matrix, one_thread
 from .._solver import solve
 from .._tie import Tie, TieLayout, _evaluate_key, _evaluate_relations, _grids, _layout_as_relation
 from ._diagnosis import _entry, _first, _max, _num
@@ -230,14 +230,16 @@ def _overtie_witness(declared: Tie, layout: TieLayout, shape: Shape, dimension: 
     random solution of the declared constraints ``C w = 0``, whose solution space has
     ``dimension`` dimensions: the eigenvectors of the ``dimension`` smallest eigenvalues of
     ``C^T C`` span it (cheaper than the SVD of ``C``, which has more rows than columns)."""
-    c = constraint_matrix(declared, shape)
+    c = torch.from_numpy(constraint_matrix(declared, shape))
     n = math.prod(shape)
-    if c.size:
-        _, vectors = np.linalg.eigh(c.T @ c)  # eigenvalues ascending
-        basis = vectors[:, :dimension]
-    else:
-        basis = np.eye(n)
-    v = torch.from_numpy(basis @ np.random.default_rng(0).standard_normal(basis.shape[1]))
+    with one_thread():  # see one_thread: a threaded eigh of this size only waits
+        if c.numel():
+            _, vectors = torch.linalg.eigh(c.T @ c)  # eigenvalues ascending
+            basis = vectors[:, :dimension]
+        else:
+            basis = torch.eye(n, dtype=torch.float64)
+        mix = np.random.default_rng(0).standard_normal(basis.shape[1])
+        v = basis @ torch.from_numpy(mix)
     index, _, live = _flat_parts(layout)
     tol = 1e-8 * (1 + _max(v.abs()))
     zeroed = ~live & (v.abs() > tol)
