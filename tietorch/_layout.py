@@ -19,6 +19,7 @@ import hashlib
 import math
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import torch
@@ -118,6 +119,69 @@ def relative_error(original: Tensor, projected: Tensor) -> float:
         return 0.0 if torch.equal(a, b) else float(torch.linalg.vector_norm(a - b))
     norm = float(torch.linalg.vector_norm(a / largest))
     return float(torch.linalg.vector_norm(a / largest - b / largest)) / norm
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """A tensor that reads its whole free vector once, in some order of its axes:
+    ``theta.view(compact).permute(order)``. The identity (an embedding and its output layer)
+    is a plain view: no index is read, no copy made, and the backward is a reshape instead of a
+    scatter. A permutation of axes (a decoder = its encoder transposed) is made contiguous (a
+    layer given a transposed weight would sum in another order than with the gathered one, and
+    its output would differ in the last bits), which still replaces the gather and its scatter
+    by a transpose.
+
+    Broadcasts (``ShareAlong``: stride 0) stay gathers: an in-place write into an expanded view
+    fails inside torch, where writes into a gathered weight are lost without a word (both as
+    before views existed).
+    """
+
+    compact: Shape  # theta viewed with these sizes: the tensor's dims, in memory order
+    order: tuple[int, ...]  # permute(order) puts them in the tensor's order
+
+    def apply(self, theta: Tensor) -> Tensor:
+        """The tensor, from the 1-d free vector ``theta``."""
+        out = theta.view(self.compact)
+        if self.order == tuple(range(len(self.order))):
+            return out
+        return out.permute(self.order).contiguous()
+
+
+def view_recipe(index: Tensor, sign: Tensor | None, shape: Shape, n_free: int) -> ViewRecipe | None:
+    """The :class:`ViewRecipe` of a tensor whose flat ``index`` (and ``sign``) over ``shape``
+    reads each free parameter ``0 .. n_free`` exactly once, in the order of a permutation of its
+    axes, or None.
+
+    It is one exactly when every sign is +1 and ``index[x] = sum_d x_d * stride_d`` with strides
+    those of a contiguous tensor whose dims are some permutation of ``shape``; checked against
+    the index entry by entry (one pass; the layout itself is not changed).
+    """
+    numel = math.prod(shape)
+    if numel != n_free or n_free == 0 or (sign is not None and not bool((sign == 1).all())):
+        return None
+    grid = index.reshape(shape)
+    if int(grid[(0,) * len(shape)]) != 0:
+        return None
+    strides = [
+        int(grid[tuple(1 if k == d else 0 for k in range(len(shape)))]) if size > 1 else 0
+        for d, size in enumerate(shape)
+    ]
+    order_in_memory = sorted(range(len(shape)), key=lambda d: -strides[d])
+    expected = 1
+    for d in reversed(order_in_memory):  # contiguous in this order
+        if shape[d] > 1 and strides[d] != expected:
+            return None
+        strides[d] = expected
+        expected *= shape[d]
+    # on the index's device (the CPU), even under a torch.device("meta") context
+    built = torch.zeros((), dtype=torch.long, device=index.device)
+    for d, size in enumerate(shape):
+        axis = torch.arange(size, device=index.device)
+        built = built + axis.view([size if k == d else 1 for k in range(len(shape))]) * strides[d]
+    if not torch.equal(built.expand(shape), grid):
+        return None
+    order = tuple(sorted(range(len(shape)), key=lambda k: order_in_memory[k]))
+    return ViewRecipe(tuple(shape[d] for d in order_in_memory), order)
 
 
 class TieLayout:

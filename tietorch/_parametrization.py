@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._layout import Shape, TieLayout, gather, signed_class_means
+from ._layout import Shape, TieLayout, ViewRecipe, gather, signed_class_means, view_recipe
 from ._torch_compat import (
     DTensor,
     _rebuild_parametrized,  # noqa: F401  (pickles written by tietorch 0.1 name it here)
@@ -87,6 +87,9 @@ class TieParametrization(nn.Module):
     n_free: int
     projection_error: float
     group: GroupMembership | None
+    #: The tensor as a view of the free vector (identity, permutation, broadcast), or None: a
+    #: gather. The class-level default keeps parametrizations pickled before it existed loadable.
+    view: ViewRecipe | None = None
     _dtype: torch.dtype
     _registration_value: Tensor | None
 
@@ -122,6 +125,8 @@ class TieParametrization(nn.Module):
 
     def _place(self, device: torch.device, dtype: torch.dtype) -> None:
         index, sign = self.layout.part(self.offset, self.shape)
+        if "view" not in self.__dict__:  # once, on the CPU copy: it does not depend on the device
+            self.view = view_recipe(index, sign, self.shape, self.n_free)
         self.index = index.to(device)
         self.sign = None if sign is None else sign.view(self.shape).to(device, dtype)
         self._dtype = dtype  # right_inverse must return the module's dtype
@@ -149,6 +154,8 @@ class TieParametrization(nn.Module):
             # The free vector was moved without Module._apply (accelerate's
             # set_module_tensor_to_device fills meta-built models that way): follow it.
             self._place(theta.device, self._dtype)
+        if self.view is not None:
+            return self.view.apply(theta)
         return gather(theta, self.index, self.sign, self.shape)
 
     def right_inverse(self, weight: Tensor) -> Tensor:

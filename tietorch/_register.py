@@ -277,8 +277,13 @@ def remove_tie(module: nn.Module, name: str) -> None:
             f"{len(followers)} other tensor(s) still read; remove_tie those first, or bake(model)"
         )
     owner = param.follows
+    view, param.view = param.view, None  # untied, the tensor is a copy: never a view of theta
     with all_or_nothing([module]):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        try:
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        except BaseException:
+            param.view = view
+            raise
         if owner is not None and group is not None and not group.was_buffer:
             # Its placeholder was a buffer, so parametrize restored a buffer: give back what
             # the tensor was before it joined the group.

@@ -1,0 +1,90 @@
+"""Ties whose gather is a view of the free vector (an embedding = its output layer, a decoder =
+its encoder transposed) are read as views: recognised from the layout, equal to the gather to
+the bit in values and gradients, and untied into independent tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import tietorch as tt
+from tietorch._layout import gather
+
+
+def _pair(relation=None, sign=1):
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(3, 4) if relation else nn.Linear(4, 3)
+    tt.tie_tensors([(a, "weight"), (b, "weight")], relation=relation, sign=sign)
+    return a, b
+
+
+def _transpose(i, j):
+    return j, i
+
+
+def _gathered(module: nn.Module) -> torch.Tensor:
+    param = module.parametrizations.weight[0]
+    owner = param.owner if param.owner is not None else module.parametrizations.weight
+    return gather(owner.original, param.index, param.sign, param.shape)
+
+
+@pytest.mark.parametrize(
+    ("relation", "orders"), [(None, [(0, 1), (0, 1)]), (_transpose, [(0, 1), (1, 0)])]
+)
+def test_a_pair_that_reads_the_free_vector_once_is_a_view(relation, orders):
+    a, b = _pair(relation)
+    for module, order in zip((a, b), orders):
+        view = module.parametrizations.weight[0].view
+        assert view is not None and view.order == order
+        assert torch.equal(module.weight, _gathered(module))  # the same values, to the bit
+
+
+@pytest.mark.parametrize(
+    "tie", [tt.Symmetric(), tt.Toeplitz(), tt.ShareAlong(1), tt.KernelSymmetry("D4")]
+)
+def test_ties_that_share_entries_stay_gathers(tie):
+    conv = nn.Conv2d(3, 3, 3)
+    tt.register_tie(conv, "weight", tie)
+    assert conv.parametrizations.weight[0].view is None
+
+
+def test_a_signed_pair_stays_a_gather():
+    a, b = _pair(sign=-1)
+    assert a.parametrizations.weight[0].view is not None  # the owner reads theta as it is
+    assert b.parametrizations.weight[0].view is None
+
+
+@pytest.mark.parametrize("relation", [None, _transpose])
+def test_gradients_equal_the_gathered_path(relation):
+    a, b = _pair(relation)
+    x = torch.randn(5, 4)
+    out = b(a(x)) if relation else torch.cat([a(x), b(x)], 1)
+    loss = out.square().sum()
+    loss.backward()
+    view_grad = a.parametrizations.weight.original.grad.clone()
+    a.parametrizations.weight.original.grad = None
+    wa, wb = _gathered(a), _gathered(b)
+    ya = nn.functional.linear(x, wa, a.bias)
+    yb = nn.functional.linear(ya, wb, b.bias) if relation else None
+    gathered = yb if relation else torch.cat([ya, nn.functional.linear(x, wb, b.bias)], 1)
+    gathered.square().sum().backward()
+    assert torch.equal(view_grad, a.parametrizations.weight.original.grad)
+
+
+def test_untied_views_are_independent_contiguous_tensors():
+    a, b = _pair(_transpose)
+    tt.bake(nn.ModuleList([a, b]))
+    assert a.weight.is_contiguous() and b.weight.is_contiguous()
+    assert a.weight.untyped_storage().data_ptr() != b.weight.untyped_storage().data_ptr()
+    with torch.no_grad():
+        a.weight.add_(1)
+    assert not torch.equal(b.weight, a.weight.T)
+
+
+def test_an_in_place_write_through_the_identity_view_reaches_the_free_vector():
+    emb, head = nn.Embedding(7, 3), nn.Linear(3, 7, bias=False)
+    tt.tie_tensors([(emb, "weight"), (head, "weight")])
+    with torch.no_grad():
+        nn.init.zeros_(head.weight)  # e.g. an initializer: it writes into theta, both follow
+    assert not emb.weight.any() and torch.equal(emb.weight, head.weight)
