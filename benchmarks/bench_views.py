@@ -1,14 +1,16 @@
 """Ties at scale: an embedding that is also the output layer, as a view of its free vector.
 
-Question: what does tying an LLM's embedding and output layer cost against Hugging Face's
-shared Parameter, in training-step time? The tied pair reads its free vector as a view; the
-"gather" row forces the pre-view path (an index_select over every entry) for comparison.
+Questions: what does tying an LLM's embedding and output layer cost, to tie (time and peak
+memory, each case in a fresh process) and per training step against Hugging Face's shared
+Parameter? The tied pair is described (no index) and read as a view; the "gather" row forces
+the pre-view path (an index_select over every entry) for comparison.
 
 Run: ``python -m benchmarks.bench_views [--quick]``. Prints interleaved medians and ratios.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -55,8 +57,43 @@ def _step(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> Callabl
     return step
 
 
+_TIE_IN_A_FRESH_PROCESS = """
+import resource, sys, time, torch, tietorch
+vocab, dim, device = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+with torch.device(device):
+    embed, head = torch.nn.Embedding(vocab, dim), torch.nn.Linear(dim, vocab, bias=False)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+tietorch.tie_tensors([(embed, "weight"), (head, "weight")])
+seconds = time.perf_counter() - start
+print(seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def _tie_cost(vocab: int, dim: int, device: str) -> tuple[float, float]:
+    """Seconds and peak-RSS MiB of tying one pair, in a fresh process (peak RSS only grows)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _TIE_IN_A_FRESH_PROCESS, str(vocab), str(dim), device],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds, mib = done.stdout.split()
+    return float(seconds), float(mib)
+
+
 def main(argv: list[str] | None = None) -> None:
     quick = "--quick" in (sys.argv[1:] if argv is None else argv)
+    cases = [(50257, 768, "cpu"), (50257, 768, "meta")] + (
+        [] if quick else [(128256, 4096, "meta")]
+    )
+    rows = []
+    for vocab, dim, device in cases:
+        seconds, mib = _tie_cost(vocab, dim, device)
+        rows.append((f"{vocab} x {dim} on {device}", seconds * 1e3, mib, vocab * dim * 4 / 2**20))
+    print("tie_tensors of an embedding and its output layer (fresh process each)")
+    print(table(("pair", "ms", "peak RSS MiB", "tensor MiB"), rows))
+    print()
     vocab, dim, batch, length = (8000, 128, 4, 64) if quick else (32000, 256, 8, 128)
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
     targets = ids.roll(-1, 1).reshape(-1)

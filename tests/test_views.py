@@ -88,3 +88,56 @@ def test_an_in_place_write_through_the_identity_view_reaches_the_free_vector():
     with torch.no_grad():
         nn.init.zeros_(head.weight)  # e.g. an initializer: it writes into theta, both follow
     assert not emb.weight.any() and torch.equal(emb.weight, head.weight)
+
+
+def _meta_pair(vocab: int, dim: int) -> tuple[nn.Module, nn.Module]:
+    with torch.device("meta"):
+        emb, head = nn.Embedding(vocab, dim), nn.Linear(dim, vocab, bias=False)
+    tt.tie_tensors([(emb, "weight"), (head, "weight")])
+    return emb, head
+
+
+def test_an_llm_sized_pair_holds_no_index():
+    emb, head = _meta_pair(128256, 4096)  # Llama 3's vocabulary: 2 x 525M entries
+    for module in (emb, head):
+        param = module.parametrizations.weight[0]
+        assert param.layout._index is None and param._index is None  # described, not built
+        assert module.weight.shape == (128256, 4096)  # read as a view, still no index
+    assert param.layout._index is None
+    assert tt.summary(nn.ModuleList([emb, head])).free == 128256 * 4096
+
+
+def test_a_described_pair_equals_the_solved_one():
+    emb, _ = _meta_pair(5, 3)
+    layout = emb.parametrizations.weight[0].layout
+    solved = tt.Tie.from_relation(lambda i: (i % 15,)).layout((30,))  # two copies, solved
+    assert torch.equal(layout.index, solved.index) and layout.n_free == solved.n_free
+    assert torch.equal(layout.class_sizes, solved.class_sizes)
+
+
+def test_assigning_through_a_view_sets_the_free_vector():
+    a, b = _pair(_transpose)
+    w = torch.randn(3, 4)
+    b.weight = w.T  # the decoder reads theta transposed
+    assert torch.equal(a.weight, w) and torch.equal(b.weight, w.T)
+
+
+def test_a_checkpoint_recorded_from_the_index_still_loads():
+    """Before layouts were described, the equal pair's fingerprint was hashed from its index:
+    such a checkpoint loads (the index is built to compare only when the record differs)."""
+    torch.manual_seed(0)
+    src = nn.ModuleDict(dict(emb=nn.Embedding(6, 4), head=nn.Linear(4, 6, bias=False)))
+    tt.tie_tensors([(src.emb, "weight"), (src.head, "weight")])
+    state = src.state_dict()
+    param = src.emb.parametrizations.weight[0]
+    record = state._metadata["emb"]["tietorch"]["weight"]
+    assert record["layout"] == param.layout.fingerprint(param.offset, param.shape)
+    record["layout"] = param.layout.index_fingerprint(param.offset, param.shape)  # the old one
+    assert record["layout"] != param.layout.fingerprint(param.offset, param.shape)
+    dst = nn.ModuleDict(dict(emb=nn.Embedding(6, 4), head=nn.Linear(4, 6, bias=False)))
+    tt.tie_tensors([(dst.emb, "weight"), (dst.head, "weight")])
+    dst.load_state_dict(state)
+    assert torch.equal(dst.head.weight, src.head.weight)
+    record["layout"] = "0" * 32  # any other record is still refused
+    with pytest.raises(tt.errors.CheckpointError):
+        dst.load_state_dict(state)

@@ -54,7 +54,7 @@ def free_from_dense(
         CheckpointError: a class is not covered and there is no ``current``; or, with
             ``exact``, a dense tensor does not satisfy its tie.
     """
-    device = torch.device("cpu") if lead.index.is_meta else lead.index.device
+    device = torch.device("cpu") if lead.device.type == "meta" else lead.device
     means, covered = lead.layout.project_parts(
         [(param.offset, dense.detach().to(device)) for param, _, dense in parts]
     )
@@ -92,6 +92,8 @@ def distance(part: DensePart, theta: Tensor, exact: bool) -> float:
 
 def rebuilt(param: TieParametrization, theta: Tensor) -> Tensor:
     """The tensor ``param`` reads from the free vector ``theta`` (on ``theta``'s device)."""
+    if param.view is not None:
+        return param.view.apply(theta)
     index, sign = param.layout.part(param.offset, param.shape)
     sign = None if sign is None else sign.view(param.shape).to(theta.device, theta.dtype)
     return gather(theta, index.to(theta.device), sign, param.shape)

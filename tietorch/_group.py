@@ -112,11 +112,11 @@ def _per_follower(value: Any, followers: int, what: str) -> list[Any]:
 def _group_bytes_per_entry(
     plain: bool, lead: Tensor, ties: Sequence[Tie | None], signs: Sequence[Any], shapes: list[Shape]
 ) -> int:
-    """Peak bytes per entry (of all the tensors together) to lay out a group: equal tensors
-    need the index (int64) and, off the meta device, a copy of the values and the free vector;
-    anything else is solved."""
-    if plain:
-        return 16 + (0 if lead.is_meta else 2 * lead.element_size())
+    """Peak bytes per entry (of all the tensors together) to lay out a group: equal tensors are
+    described (:meth:`TieLayout.copies`) and need only the free vector; anything else is
+    solved."""
+    if plain:  # described: only the free vector itself, off the meta device
+        return 0 if lead.is_meta else lead.element_size()
     signed = any(not (type(s) is int and s == 1) for s in signs)
     relations = SIGNED_BYTES_PER_ENTRY if signed else RELATION_BYTES_PER_ENTRY
     return max(
@@ -213,11 +213,11 @@ def _solve_group(
                 assert isinstance(c, _RelationConstraint)
                 constraints.append(_RelationConstraint(c.target + offsets[0], c.sign, offsets[k]))
 
-    if plain:
-        n_free, sign_flat = offsets[1], None
-        index = torch.arange(n_free, device="cpu").repeat(len(members))  # whatever the default
-    else:
-        index, n_free, sign_flat = solve(offsets[-1], constraints)
+    if plain:  # described, not solved: no index, no concatenated copy
+        layout = TieLayout.copies(offsets[1], len(members))
+        theta, error = layout.initial_theta_of_copies([t for *_, t in members], init)
+        return _SolvedGroup(members, descriptions, offsets, layout, theta, error)
+    index, n_free, sign_flat = solve(offsets[-1], constraints)
     layout = TieLayout(index, n_free, sign_flat)
     flat = torch.cat([tensor.detach().reshape(-1) for *_, tensor in members])
     theta, error = layout.initial_theta(flat, init)

@@ -139,6 +139,12 @@ class ViewRecipe:
     compact: Shape  # theta viewed with these sizes: the tensor's dims, in memory order
     order: tuple[int, ...]  # permute(order) puts them in the tensor's order
 
+    def invert(self, tensor: Tensor) -> Tensor:
+        """The free vector a tensor of this shape reads (a new contiguous 1-d tensor): ``apply``
+        undone."""
+        inverse = tuple(sorted(range(len(self.order)), key=lambda k: self.order[k]))
+        return tensor.permute(inverse).clone(memory_format=torch.contiguous_format).view(-1)
+
     def apply(self, theta: Tensor) -> Tensor:
         """The tensor, from the 1-d free vector ``theta``."""
         out = theta.view(self.compact)
@@ -206,7 +212,7 @@ class TieLayout:
         tensor([1., 2., 3.])
     """
 
-    __slots__ = ("_counts", "_fingerprint", "_index", "_n_free", "_sign")
+    __slots__ = ("_copies", "_counts", "_fingerprint", "_index", "_n_free", "_sign")
 
     def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
         # The rules of a well-formed layout; every violation is raised from here.
@@ -241,16 +247,42 @@ class TieLayout:
             raise DeclarationError(
                 f"TieLayout: every free parameter must be used by some entry; unused: {unused}"
             )
-        self._index = index
+        self._index: Tensor | None = index
         self._n_free = n_free
         self._sign = sign
-        self._counts = counts
+        self._counts: Tensor | None = counts
         self._fingerprint: str | None = None
+        self._copies = 0
+
+    @classmethod
+    def copies(cls, n_free: int, copies: int) -> TieLayout:
+        """``copies`` tensors of ``n_free`` entries each, equal entry by entry (an embedding and
+        its output layer): entry ``j`` of every copy is class ``j``. Held as this description,
+        so it costs nothing at any size: each copy reads the free vector as a view, and the
+        index is built only for whoever asks for it.
+
+        >>> layout = TieLayout.copies(3, 2)
+        >>> layout.index.tolist(), layout.class_sizes.tolist()
+        ([0, 1, 2, 0, 1, 2], [2, 2, 2])
+        """
+        layout = cls.__new__(cls)
+        layout._index = layout._sign = layout._counts = layout._fingerprint = None
+        layout._n_free = _as_count(n_free, "TieLayout.copies: n_free")
+        layout._copies = _as_count(copies, "TieLayout.copies: copies")
+        return layout
+
+    def _described(self) -> int:
+        """How many copies a :meth:`copies` layout describes (0: a layout held as its index;
+        layouts pickled before descriptions existed have no such slot)."""
+        return getattr(self, "_copies", 0)
 
     # Read-only: the class sizes (and every parametrization built from them) must stay valid.
     @property
     def index(self) -> Tensor:
-        """The free parameter each entry reads: an int64 tensor of the tensor's shape."""
+        """The free parameter each entry reads: an int64 tensor of the tensor's shape (built on
+        first use for a layout held as a description)."""
+        if self._index is None:
+            self._index = torch.arange(self._n_free).repeat(self._described())
         return self._index
 
     @property
@@ -267,17 +299,29 @@ class TieLayout:
     @property
     def shape(self) -> Shape:
         """The shape of the tied tensor."""
-        return tuple(self.index.shape)
+        copies = self._described()
+        return (self._n_free * copies,) if copies else tuple(self.index.shape)
 
     @property
     def numel(self) -> int:
         """The number of entries of the tied tensor."""
-        return self.index.numel()
+        return math.prod(self.shape)
 
     @property
     def class_sizes(self) -> Tensor:
         """How many entries read each free parameter (forced zeros not counted)."""
+        if self._counts is None:
+            self._counts = torch.full((self._n_free,), self._described(), dtype=torch.long)
         return self._counts
+
+    def view_of(self, offset: int, shape: Shape) -> ViewRecipe | None:
+        """The view a tensor at ``offset`` of ``shape`` reads the free vector as, or None (a
+        gather): from the description where there is one, else checked on the index."""
+        if self._described():
+            whole = math.prod(shape) == self._n_free and offset % max(self._n_free, 1) == 0
+            return ViewRecipe(tuple(shape), tuple(range(len(shape)))) if whole else None
+        index, sign = self.part(offset, shape)
+        return view_recipe(index, sign, shape, self._n_free)
 
     @property
     def n_zero(self) -> int:
@@ -317,6 +361,13 @@ class TieLayout:
         layout's index space (a group's dense checkpoint). Returns ``(theta, covered)`` in the
         accumulation dtype, as :func:`signed_class_means`."""
         device = parts[0][1].device
+        copies = self._described()
+        if copies and all(
+            off % max(self._n_free, 1) == 0 and t.numel() == self._n_free for off, t in parts
+        ):
+            return _mean_of_copies([t for _, t in parts], self._n_free)[0], torch.ones(
+                self._n_free, dtype=torch.bool, device=device
+            )
         indices, signs, values = [], [], []
         for offset, tensor in parts:
             index, sign = self.part(offset, tuple(tensor.shape))
@@ -351,6 +402,18 @@ class TieLayout:
                 theta = theta * self.class_sizes.to(theta).clamp_min(1).sqrt()
         return theta.to(tensor.dtype), error
 
+    def initial_theta_of_copies(self, copies: Sequence[Tensor], init: Init) -> tuple[Tensor, float]:
+        """:meth:`initial_theta` for a :meth:`copies` layout, from the copies themselves (never
+        concatenated): their mean, and the relative distance of all of them from it."""
+        lead = copies[0]
+        if lead.is_meta:
+            return torch.empty(self.n_free, dtype=lead.dtype, device=lead.device), math.nan
+        with torch.no_grad():
+            theta, error = _mean_of_copies(copies, self.n_free)
+            if init == "preserve_std":
+                theta = theta * math.sqrt(len(copies))
+        return theta, error
+
     def fingerprint(self, offset: int = 0, shape: Shape | None = None) -> str:
         """A digest of what a free vector of this layout means: the shape, ``n_free``, every
         entry's ``index`` and ``sign`` (all +1 counts as no sign) and, for a tensor of a group,
@@ -368,22 +431,62 @@ class TieLayout:
         """
         whole = getattr(self, "_fingerprint", None)  # absent from layouts pickled before
         if whole is None:
-            digest = hashlib.blake2b(digest_size=16)
-            digest.update(repr(("tietorch-layout-1", self.shape, self.n_free)).encode())
-            digest.update(self.index.reshape(-1).contiguous().numpy().data)
-            if self.sign is not None and not bool((self.sign == 1).all()):  # all +1: no sign
-                digest.update(b"sign")
-                digest.update(self.sign.reshape(-1).contiguous().numpy().data)
-            whole = digest.hexdigest()
+            copies = self._described()
+            if copies:  # from the description: no index to hash, at any size
+                description = ("tietorch-layout-copies-1", self.n_free, copies)
+                whole = hashlib.blake2b(repr(description).encode(), digest_size=16).hexdigest()
+            else:
+                whole = self.index_fingerprint()
             self._fingerprint = whole
-        part = self.shape if shape is None else tuple(shape)
-        if offset == 0 and part == self.shape:
-            return whole
-        return hashlib.blake2b(repr((whole, offset, part)).encode(), digest_size=16).hexdigest()
+        return _of_part(whole, self.shape, offset, shape)
+
+    def index_fingerprint(self, offset: int = 0, shape: Shape | None = None) -> str:
+        """The fingerprint hashed from the index and sign, whatever the layout is held as: what
+        checkpoints written before descriptions existed recorded (compared with only when the
+        description's fingerprint differs, so the index is built only then)."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr(("tietorch-layout-1", self.shape, self.n_free)).encode())
+        digest.update(self.index.reshape(-1).contiguous().numpy().data)
+        if self.sign is not None and not bool((self.sign == 1).all()):  # all +1: no sign
+            digest.update(b"sign")
+            digest.update(self.sign.reshape(-1).contiguous().numpy().data)
+        return _of_part(digest.hexdigest(), self.shape, offset, shape)
 
     def __repr__(self) -> str:
         zeros = f", n_zero={self.n_zero}" if self.sign is not None else ""
         return f"TieLayout(shape={self.shape}, n_free={self.n_free}{zeros})"
+
+
+def _of_part(whole: str, layout_shape: Shape, offset: int, shape: Shape | None) -> str:
+    """A layout's fingerprint narrowed to one tensor of a group (``offset``, ``shape``)."""
+    part = layout_shape if shape is None else tuple(shape)
+    if offset == 0 and part == layout_shape:
+        return whole
+    return hashlib.blake2b(repr((whole, offset, part)).encode(), digest_size=16).hexdigest()
+
+
+#: Entries averaged per step when copies are averaged: bounds the float64 scratch to a few MiB.
+_CHUNK = 1 << 18
+
+
+def _mean_of_copies(copies: Sequence[Tensor], n_free: int) -> tuple[Tensor, float]:
+    """The entry-by-entry mean of equal-sized tensors, accumulated in float64 a chunk at a time
+    and returned in their own dtype (exact when they are equal; never more than one extra copy
+    of a tensor in memory), and the relative distance ``||W - P(W)|| / ||W||`` of all of them
+    from it, in the same pass."""
+    flats = [c.detach().reshape(-1) for c in copies]
+    out = torch.empty(n_free, dtype=flats[0].dtype, device=flats[0].device)
+    dtype = accumulation_dtype(out.device)
+    off = total = 0.0
+    for start in range(0, n_free, _CHUNK):
+        chunk = [flat[start : start + _CHUNK].to(dtype) for flat in flats]
+        mean = torch.stack(chunk).sum(0) / len(chunk)
+        out[start : start + _CHUNK] = mean
+        for values in chunk:
+            off += float((values - mean).square().sum())
+            total += float(values.square().sum())
+    error = 0.0 if off == 0 else math.sqrt(off / total) if total else math.nan
+    return out, error
 
 
 def _as_count(value: Any, what: str) -> int:

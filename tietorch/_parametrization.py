@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._layout import Shape, TieLayout, ViewRecipe, gather, signed_class_means, view_recipe
+from ._layout import Shape, TieLayout, ViewRecipe, gather, signed_class_means
 from ._torch_compat import (
     DTensor,
     _rebuild_parametrized,  # noqa: F401  (pickles written by tietorch 0.1 name it here)
@@ -78,7 +78,6 @@ class TieParametrization(nn.Module):
     (``group.original(owner)``); the others keep an empty placeholder as ``original``.
     """
 
-    index: Tensor
     sign: Tensor | None
     tie: Any
     layout: TieLayout
@@ -87,9 +86,10 @@ class TieParametrization(nn.Module):
     n_free: int
     projection_error: float
     group: GroupMembership | None
-    #: The tensor as a view of the free vector (identity, permutation, broadcast), or None: a
+    #: The tensor as a view of the free vector (identity, a permutation of axes), or None: a
     #: gather. The class-level default keeps parametrizations pickled before it existed loadable.
     view: ViewRecipe | None = None
+    device: torch.device
     _dtype: torch.dtype
     _registration_value: Tensor | None
 
@@ -104,10 +104,14 @@ class TieParametrization(nn.Module):
         self.n_free = layout.n_free
         self.projection_error = 0.0
         self.group = None
-        index, sign = layout.part(offset, self.shape)
-        live = index if sign is None else index[sign != 0]
+        self.view = layout.view_of(offset, self.shape)
         # Whether every class has an entry here, so assigning this tensor sets all of theta.
-        self._covers_all = bool((torch.bincount(live, minlength=self.n_free) > 0).all())
+        if self.view is not None:  # a view reads every free parameter exactly once
+            self._covers_all = True
+        else:
+            index, sign = layout.part(offset, self.shape)
+            live = index if sign is None else index[sign != 0]
+            self._covers_all = bool((torch.bincount(live, minlength=self.n_free) > 0).all())
         # The free vector (or a member's placeholder) that registration installs: parametrize
         # takes it from right_inverse, which returns it once.
         self._registration_value = None
@@ -124,17 +128,35 @@ class TieParametrization(nn.Module):
         return None if self.group is None or self.group.is_owner else self.group.owner
 
     def _place(self, device: torch.device, dtype: torch.dtype) -> None:
-        index, sign = self.layout.part(self.offset, self.shape)
-        if "view" not in self.__dict__:  # once, on the CPU copy: it does not depend on the device
-            self.view = view_recipe(index, sign, self.shape, self.n_free)
-        self.index = index.to(device)
-        self.sign = None if sign is None else sign.view(self.shape).to(device, dtype)
+        """Keep device copies of the index and sign where the tensor is a gather (a view reads
+        none: its index is built only if someone asks for :attr:`index`)."""
+        self.device = device
         self._dtype = dtype  # right_inverse must return the module's dtype
+        self._index: Tensor | None = None
+        self.sign: Tensor | None = None
+        if self.view is None:
+            index, sign = self.layout.part(self.offset, self.shape)
+            self._index = index.to(device)
+            self.sign = None if sign is None else sign.view(self.shape).to(device, dtype)
+
+    @property
+    def index(self) -> Tensor:
+        """The free parameter each entry of this tensor reads (flat, on :attr:`device`)."""
+        if self._index is None:
+            self._index = self.layout.part(self.offset, self.shape)[0].to(self.device)
+        return self._index
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickled before views existed: the index and its device were plain attributes.
+        if "index" in state:
+            state["_index"] = state.pop("index")
+            state.setdefault("device", state["_index"].device)
+        super().__setstate__(state)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         # Learn where `fn` sends a floating tensor of ours (device, and dtype for .half() etc.).
         try:
-            probe = fn(torch.empty(0, device=self.index.device, dtype=self._dtype))
+            probe = fn(torch.empty(0, device=self.device, dtype=self._dtype))
         except NotImplementedError:  # a copy out of the meta device: ask where a CPU tensor goes
             probe = fn(torch.empty(0, device="cpu", dtype=self._dtype))
         self._place(probe.device, probe.dtype)
@@ -150,7 +172,7 @@ class TieParametrization(nn.Module):
                 "weights inside forward or after module.unshard(), and keep every tensor of a "
                 "tie group inside one FSDP unit (fully_shard their common parent)"
             )
-        if theta.device != self.index.device:
+        if theta.device != self.device:
             # The free vector was moved without Module._apply (accelerate's
             # set_module_tensor_to_device fills meta-built models that way): follow it.
             self._place(theta.device, self._dtype)
@@ -174,14 +196,18 @@ class TieParametrization(nn.Module):
         if self._registration_value is not None:
             value, self._registration_value = self._registration_value, None
             return value
-        # Averaged in float64 from the assigned tensor's own dtype, cast once.
-        theta, covered = signed_class_means(
-            self.index, self.sign, weight.detach().to(self.index.device), self.n_free
-        )
+        if self.view is not None:  # each free parameter read once: the tensor, reordered
+            theta = self.view.invert(weight.detach().to(self.device))
+            covered = None
+        else:  # averaged in float64 from the assigned tensor's own dtype, cast once
+            theta, covered = signed_class_means(
+                self.index, self.sign, weight.detach().to(self.device), self.n_free
+            )
         owner = self.owner
         if owner is None:
             return theta.to(self._dtype)
         if not self._covers_all:  # classes without an entry here keep their value
+            assert covered is not None
             current = original(owner).detach().to(theta)
             theta = torch.where(covered, theta, current)
         theta = theta.to(self._dtype)
@@ -268,6 +294,8 @@ def _check_identity(
     ours = param.layout.fingerprint(param.offset, param.shape)
     if entry.get("layout") == ours:
         return
+    if entry.get("layout") == param.layout.index_fingerprint(param.offset, param.shape):
+        return  # recorded from the index, before the layout was held as a description
     theirs = (
         f"{entry.get('tie')} (shape {tuple(entry.get('shape') or ())}, "
         f"{entry.get('n_free')} free parameters)"

@@ -130,22 +130,19 @@ def tie_embeddings(model: PreTrainedModel) -> float:
 
 
 def _is_plain_share(a: TieParametrization, b: TieParametrization) -> bool:
-    """Two members of one group of exactly two, equal entry by entry (no sign, no relation)."""
+    """Two members of one group of exactly two, equal entry by entry (no sign, no relation):
+    each reads the whole free vector as itself (an identity view)."""
     if a.group is None or b.group is None or a.group.owner is not b.group.owner:
         return False
     owner = a if a.follows is None else b
     if owner.group is None or len(owner.group.followers) != 1:
         return False
-    numel = 1
-    for size in a.shape:
-        numel *= size
+    identity = tuple(range(len(a.shape)))
     return (
         tuple(a.shape) == tuple(b.shape)
-        and a.n_free == numel
-        and a.index.shape == b.index.shape
-        and bool((a.index == b.index).all())
-        and a.sign is None
-        and b.sign is None
+        and a.view is not None
+        and b.view is not None
+        and a.view.order == b.view.order == identity
     )
 
 
