@@ -141,3 +141,65 @@ def test_a_checkpoint_recorded_from_the_index_still_loads():
     record["layout"] = "0" * 32  # any other record is still refused
     with pytest.raises(tt.errors.CheckpointError):
         dst.load_state_dict(state)
+
+
+class _TiedLM(nn.Module):
+    """An embedding = its output layer (identity views) and an encoder/decoder pair tied
+    transposed (a permuted view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(11, 4), nn.Linear(4, 11, bias=False)
+        self.enc, self.dec = nn.Linear(4, 3), nn.Linear(3, 4)
+        tt.tie_tensors([(self.embed, "weight"), (self.head, "weight")])
+        tt.tie_tensors([(self.enc, "weight"), (self.dec, "weight")], relation=_transpose)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dec(torch.tanh(self.enc(self.embed(ids)))))
+
+
+IDS = torch.tensor([[1, 5, 7, 2], [3, 3, 10, 0]])
+
+
+def _views_in_use(model: nn.Module) -> bool:
+    return all(
+        m.parametrizations.weight[0].view is not None
+        for m in (model.embed, model.head, model.enc, model.dec)
+    )
+
+
+def test_views_under_compile_export_functional_call_and_copies(tmp_path):
+    import copy
+
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    model = _TiedLM()
+    assert _views_in_use(model)
+    expected = model(IDS)
+    compiled = torch.compile(model, fullgraph=True)
+    assert torch.allclose(compiled(IDS), expected, atol=1e-6)
+    exported = torch.export.export(model, (IDS,))
+    assert torch.allclose(exported.module()(IDS), expected, atol=1e-6)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, ids):
+        return functional_call(model, p, (ids[None],)).square().mean()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, IDS)
+    full = grad(loss)(params, IDS[0])
+    for key in params:
+        assert torch.allclose(per_sample[key][0], full[key], atol=1e-6)
+    replica = copy.deepcopy(model)
+    assert _views_in_use(replica) and torch.equal(replica(IDS), expected)
+    with torch.no_grad():
+        replica.embed.parametrizations.weight.original.add_(1)
+    assert torch.equal(model(IDS), expected)  # the copy reads its own free vector
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert _views_in_use(loaded) and torch.equal(loaded(IDS), expected)
+    with torch.device("meta"):
+        on_meta = _TiedLM()
+    on_meta.to_empty(device="cpu")
+    on_meta.load_state_dict(model.state_dict())
+    assert torch.equal(on_meta(IDS), expected)
