@@ -1,9 +1,12 @@
-"""Ties at scale: an embedding that is also the output layer, as a view of its free vector.
+"""Ties at scale: an embedding that is also the output layer, as a view of its free vector;
+one filter shared across input channels (``ShareAlong(1)``), as a broadcast view.
 
 Questions: what does tying an LLM's embedding and output layer cost, to tie (time and peak
 memory, each case in a fresh process) and per training step against Hugging Face's shared
 Parameter? The tied pair is described (no index) and read as a view; the "gather" row forces
-the pre-view path (an index_select over every entry) for comparison.
+the pre-view path (an index_select over every entry) for comparison. The same for
+``ShareAlong(1)``: tying a large Linear (fresh process), and a conv's training step read as an
+expanded view against the gather.
 
 Run: ``python -m benchmarks.bench_views [--quick]``. Prints interleaved medians and ratios.
 """
@@ -19,7 +22,7 @@ from torch import nn
 
 import tietorch
 
-from ._common import interleaved_medians, table
+from ._common import interleaved_medians, table, training_step
 
 
 class _TinyLM(nn.Module):
@@ -70,16 +73,83 @@ print(seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1
 """
 
 
-def _tie_cost(vocab: int, dim: int, device: str) -> tuple[float, float]:
-    """Seconds and peak-RSS MiB of tying one pair, in a fresh process (peak RSS only grows)."""
+def _in_a_fresh_process(script: str, *args: object) -> tuple[float, float]:
+    """Seconds and peak-RSS MiB that ``script`` prints, run in a fresh process (peak RSS only
+    grows, so each case needs its own)."""
     done = subprocess.run(
-        [sys.executable, "-c", _TIE_IN_A_FRESH_PROCESS, str(vocab), str(dim), device],
+        [sys.executable, "-c", script, *map(str, args)],
         check=True,
         capture_output=True,
         text=True,
     )
     seconds, mib = done.stdout.split()
     return float(seconds), float(mib)
+
+
+def _tie_cost(vocab: int, dim: int, device: str) -> tuple[float, float]:
+    """Seconds and peak-RSS MiB of tying one pair, in a fresh process."""
+    return _in_a_fresh_process(_TIE_IN_A_FRESH_PROCESS, vocab, dim, device)
+
+
+_SHARE_IN_A_FRESH_PROCESS = """
+import resource, sys, time, torch, tietorch
+n, device = int(sys.argv[1]), sys.argv[2]
+with torch.device(device):
+    linear = torch.nn.Linear(n, n)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+tietorch.register_tie(linear, "weight", tietorch.ShareAlong(1))
+seconds = time.perf_counter() - start
+print(seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def _share_cost(n: int, device: str) -> tuple[float, float]:
+    """Seconds and peak-RSS MiB of ``ShareAlong(1)`` on a ``Linear(n, n)``, in a fresh process."""
+    return _in_a_fresh_process(_SHARE_IN_A_FRESH_PROCESS, n, device)
+
+
+def _shared_convs(channels: int) -> dict[str, nn.Module]:
+    """A conv whose filter is shared across input channels, as a view and as a gather."""
+    convs = {}
+    for name in ("tietorch view", "tietorch gather"):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(channels, channels, 3, padding=1)
+        tietorch.register_tie(conv, "weight", tietorch.ShareAlong(1))
+        if name == "tietorch gather":
+            conv.parametrizations.weight[0].view = None  # the path before broadcast views
+        convs[name] = conv
+    return convs
+
+
+def _share_along(quick: bool) -> None:
+    rows = []
+    for n, device in [(4096, "meta")] + ([] if quick else [(16384, "meta")]):
+        seconds, mib = _share_cost(n, device)
+        rows.append((f"Linear({n}, {n}) on {device}", seconds * 1e3, mib, n * n * 4 / 2**20))
+    print("register_tie(ShareAlong(1)) of a Linear (fresh process each)")
+    print(table(("layer", "ms", "peak RSS MiB", "tensor MiB"), rows))
+    print()
+    channels, batch, size = 64, (8 if quick else 32), (16 if quick else 32)
+    x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
+    _timed(
+        f"Conv2d({channels}, {channels}, 3, padding=1) with ShareAlong(1) training step, "
+        f"batch {batch} x {channels} x {size} x {size}, SGD (median ms, interleaved)",
+        {name: training_step(conv, x) for name, conv in _shared_convs(channels).items()},
+        ("tietorch gather", "/ gather"),
+        quick,
+    )
+
+
+def _timed(
+    title: str, steps: dict[str, Callable[[], None]], base: tuple[str, str], quick: bool
+) -> None:
+    """Interleaved medians of ``steps``, printed under ``title`` with their ratio to the step
+    named ``base[0]`` (column ``base[1]``)."""
+    times = interleaved_medians(steps, repeats=5 if quick else 15)
+    ratios = [(k, v, v / times[base[0]]) for k, v in times.items()]
+    print(title)
+    print(table(("variant", "ms", base[1]), ratios))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,17 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     vocab, dim, batch, length = (8000, 128, 4, 64) if quick else (32000, 256, 8, 128)
     ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
     targets = ids.roll(-1, 1).reshape(-1)
-    models = _models(vocab, dim)
-    times = interleaved_medians(
-        {name: _step(model, ids, targets) for name, model in models.items()},
-        repeats=5 if quick else 15,
-    )
-    base = times["shared Parameter"]
-    print(
+    _timed(
         f"embedding + output layer training step, vocab {vocab} x {dim}, "
-        f"batch {batch} x {length}, SGD (median ms, interleaved)"
+        f"batch {batch} x {length}, SGD (median ms, interleaved)",
+        {name: _step(model, ids, targets) for name, model in _models(vocab, dim).items()},
+        ("shared Parameter", "/ shared"),
+        quick,
     )
-    print(table(("variant", "ms", "/ shared"), [(k, v, v / base) for k, v in times.items()]))
+    print()
+    _share_along(quick)
 
 
 if __name__ == "__main__":

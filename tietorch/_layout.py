@@ -89,18 +89,24 @@ def signed_class_means(
         return flat.new_zeros(0), covered
     low = flat.new_full((n_free,), math.inf).scatter_reduce_(0, index, flat, "amin")
     high = flat.new_full((n_free,), -math.inf).scatter_reduce_(0, index, flat, "amax")
-    scale = 1.0
-    if flat.numel():
-        largest = float(flat.abs().max())
-        most = int(counts.max())
-        if math.isfinite(largest) and largest * most > torch.finfo(dtype).max / 2:
-            scale = 2.0 ** -math.ceil(math.log2(most) + 1)  # exact: a power of two
+    scale = _overflow_scale(flat, int(counts.max()) if flat.numel() else 0)
     total = flat.new_zeros(n_free).index_add_(0, index, flat * scale if scale != 1 else flat)
     mean = total / counts.clamp_min(1).to(dtype)
     if scale != 1:
         mean = mean / scale
     theta = torch.where(low == high, low, mean)
     return torch.where(covered, theta, torch.zeros_like(theta)), covered
+
+
+def _overflow_scale(values: Tensor, most: int) -> float:
+    """1, or the power of two to scale ``values`` by before summing ``most`` of them, where the
+    sum could overflow their (accumulation) dtype; dividing by it afterwards is exact."""
+    if values.numel() == 0 or most == 0:
+        return 1.0
+    largest = float(values.abs().max())
+    if math.isfinite(largest) and largest * most > torch.finfo(values.dtype).max / 2:
+        return 2.0 ** -math.ceil(math.log2(most) + 1)
+    return 1.0
 
 
 def relative_error(original: Tensor, projected: Tensor) -> float:
@@ -123,34 +129,65 @@ def relative_error(original: Tensor, projected: Tensor) -> float:
 
 @dataclass(frozen=True)
 class ViewRecipe:
-    """A tensor that reads its whole free vector once, in some order of its axes:
-    ``theta.view(compact).permute(order)``. The identity (an embedding and its output layer)
-    is a plain view: no index is read, no copy made, and the backward is a reshape instead of a
-    scatter. A permutation of axes (a decoder = its encoder transposed) is made contiguous (a
-    layer given a transposed weight would sum in another order than with the gathered one, and
-    its output would differ in the last bits), which still replaces the gather and its scatter
-    by a transpose.
+    """A tensor that reads its whole free vector in some order of its axes, possibly broadcast
+    along some of them: ``theta.view(compact).permute(order)``, then ``unsqueeze`` + ``expand``
+    along the ``broadcast`` dims (stride 0).
 
-    Broadcasts (``ShareAlong``: stride 0) stay gathers: an in-place write into an expanded view
-    fails inside torch, where writes into a gathered weight are lost without a word (both as
-    before views existed).
+    The identity (an embedding and its output layer) is a plain view: no index is read, no copy
+    made, and the backward is a reshape instead of a scatter. A permutation of axes (a decoder =
+    its encoder transposed) is made contiguous (a layer given a transposed weight would sum in
+    another order than with the gathered one, and its output would differ in the last bits),
+    which still replaces the gather and its scatter by a transpose.
+
+    A broadcast (``ShareAlong``: one value along whole dims) is an expanded view: the forward
+    holds no copy and equals the gather bit for bit; the backward sums the gradient over the
+    broadcast dims (a reduction, in another order than the gather's scatter-add: equal up to
+    rounding). Its classes are the entries that differ only in the broadcast dims, so assigning
+    a tensor takes their mean over those dims (:meth:`invert`). An expanded tensor refuses
+    in-place writes inside torch ("more than one element of the written-to tensor refers to a
+    single memory location"), where a write into a gathered weight was lost without a word.
     """
 
-    compact: Shape  # theta viewed with these sizes: the tensor's dims, in memory order
-    order: tuple[int, ...]  # permute(order) puts them in the tensor's order
+    compact: Shape  # theta viewed with these sizes: the kept dims, in memory order
+    order: tuple[int, ...]  # permute(order) puts them in the tensor's order (of the kept dims)
+    # Dims of the tensor (sorted) along which it is constant, and the tensor's full shape;
+    # () / () for no broadcast (the class-level defaults keep recipes pickled before loadable).
+    broadcast: tuple[int, ...] = ()
+    shape: Shape = ()
 
     def invert(self, tensor: Tensor) -> Tensor:
         """The free vector a tensor of this shape reads (a new contiguous 1-d tensor): ``apply``
-        undone."""
+        undone; for a broadcast, the mean over the broadcast dims (accumulated in float64, cast
+        once to the tensor's dtype; exact when the tensor is constant along them)."""
+        if self.broadcast:
+            tensor = _mean_over(tensor, self.broadcast).to(tensor.dtype)
         inverse = tuple(sorted(range(len(self.order)), key=lambda k: self.order[k]))
         return tensor.permute(inverse).clone(memory_format=torch.contiguous_format).view(-1)
 
     def apply(self, theta: Tensor) -> Tensor:
         """The tensor, from the 1-d free vector ``theta``."""
         out = theta.view(self.compact)
-        if self.order == tuple(range(len(self.order))):
+        if self.order != tuple(range(len(self.order))):
+            out = out.permute(self.order).contiguous()
+        if not self.broadcast:
             return out
-        return out.permute(self.order).contiguous()
+        for d in self.broadcast:  # sorted: each lands at its place in the full shape
+            out = out.unsqueeze(d)
+        return out.expand(self.shape)
+
+
+def _mean_over(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The mean of ``tensor`` over ``dims``, in the accumulation dtype, as
+    :func:`signed_class_means` takes it: exactly the common value where all entries averaged
+    are equal, else the float64 mean (scaled by a power of two where it could overflow)."""
+    values = tensor.detach().to(accumulation_dtype(tensor.device))
+    count = math.prod(tensor.shape[d] for d in dims)
+    low, high = values.amin(dims), values.amax(dims)
+    scale = _overflow_scale(values, count)
+    mean = (values * scale if scale != 1 else values).sum(dims) / count
+    if scale != 1:
+        mean = mean / scale
+    return torch.where(low == high, low, mean)
 
 
 def view_recipe(index: Tensor, sign: Tensor | None, shape: Shape, n_free: int) -> ViewRecipe | None:
@@ -212,7 +249,7 @@ class TieLayout:
         tensor([1., 2., 3.])
     """
 
-    __slots__ = ("_copies", "_counts", "_fingerprint", "_index", "_n_free", "_sign")
+    __slots__ = ("_broadcast", "_copies", "_counts", "_fingerprint", "_index", "_n_free", "_sign")
 
     def __init__(self, index: Tensor, n_free: int, sign: Tensor | None = None) -> None:
         # The rules of a well-formed layout; every violation is raised from here.
@@ -253,6 +290,7 @@ class TieLayout:
         self._counts: Tensor | None = counts
         self._fingerprint: str | None = None
         self._copies = 0
+        self._broadcast: tuple[Shape, tuple[int, ...]] | None = None
 
     @classmethod
     def copies(cls, n_free: int, copies: int) -> TieLayout:
@@ -269,7 +307,43 @@ class TieLayout:
         layout._index = layout._sign = layout._counts = layout._fingerprint = None
         layout._n_free = _as_count(n_free, "TieLayout.copies: n_free")
         layout._copies = _as_count(copies, "TieLayout.copies: copies")
+        layout._broadcast = None
         return layout
+
+    @classmethod
+    def broadcast(cls, shape: Sequence[int], dims: Sequence[int]) -> TieLayout:
+        """A tensor of ``shape`` constant along ``dims`` (``ShareAlong(dims)``): its classes are
+        the entries that differ only in those dims, numbered in row-major order of the other
+        dims (as the solver numbers them: by each class's first entry). Held as this
+        description, so it costs nothing at any size: the tensor reads the free vector as an
+        expanded view, and the index is built only for whoever asks for it.
+
+        >>> layout = TieLayout.broadcast((2, 3), (1,))
+        >>> layout.n_free, layout.index.tolist(), layout.class_sizes.tolist()
+        (2, [[0, 0, 0], [1, 1, 1]], [3, 3])
+        """
+        shape = tuple(_as_count(s, "TieLayout.broadcast: shape") for s in shape)
+        ndim = len(shape)
+        resolved = set()
+        for d in dims:
+            d = operator.index(d)
+            if not -ndim <= d < ndim:
+                raise ShapeError(f"TieLayout.broadcast: dim {d} out of range for shape {shape}")
+            resolved.add(d % ndim)
+        broadcast = tuple(sorted(resolved))
+        layout = cls.__new__(cls)
+        layout._index = layout._sign = layout._counts = layout._fingerprint = None
+        layout._copies = 0
+        layout._broadcast = (shape, broadcast)
+        layout._n_free = math.prod(s for d, s in enumerate(shape) if d not in resolved)
+        if math.prod(shape) == 0:
+            layout._n_free = 0
+        return layout
+
+    def _broadcast_of(self) -> tuple[Shape, tuple[int, ...]] | None:
+        """The shape and (sorted) broadcast dims of a :meth:`broadcast` layout, else None
+        (layouts pickled before it existed have no such slot)."""
+        return getattr(self, "_broadcast", None)
 
     def _described(self) -> int:
         """How many copies a :meth:`copies` layout describes (0: a layout held as its index;
@@ -282,7 +356,15 @@ class TieLayout:
         """The free parameter each entry reads: an int64 tensor of the tensor's shape (built on
         first use for a layout held as a description)."""
         if self._index is None:
-            self._index = torch.arange(self._n_free).repeat(self._described())
+            broadcast = self._broadcast_of()
+            if broadcast is not None:
+                shape = broadcast[0]
+                recipe = self.view_of(0, shape)
+                whole = torch.arange(self._n_free, device="cpu")
+                self._index = whole.new_zeros(shape) if recipe is None else recipe.apply(whole)
+                self._index = self._index.contiguous()
+            else:
+                self._index = torch.arange(self._n_free, device="cpu").repeat(self._described())
         return self._index
 
     @property
@@ -299,6 +381,9 @@ class TieLayout:
     @property
     def shape(self) -> Shape:
         """The shape of the tied tensor."""
+        broadcast = self._broadcast_of()
+        if broadcast is not None:
+            return broadcast[0]
         copies = self._described()
         return (self._n_free * copies,) if copies else tuple(self.index.shape)
 
@@ -311,12 +396,21 @@ class TieLayout:
     def class_sizes(self) -> Tensor:
         """How many entries read each free parameter (forced zeros not counted)."""
         if self._counts is None:
-            self._counts = torch.full((self._n_free,), self._described(), dtype=torch.long)
+            broadcast = self._broadcast_of()
+            size = self._described() if broadcast is None else _class_size(*broadcast)
+            self._counts = torch.full((self._n_free,), size, dtype=torch.long)
         return self._counts
 
     def view_of(self, offset: int, shape: Shape) -> ViewRecipe | None:
         """The view a tensor at ``offset`` of ``shape`` reads the free vector as, or None (a
         gather): from the description where there is one, else checked on the index."""
+        broadcast = self._broadcast_of()
+        if broadcast is not None:
+            full, dims = broadcast
+            if offset != 0 or tuple(shape) != full or self._n_free == 0:
+                return None
+            kept = tuple(s for d, s in enumerate(full) if d not in dims)
+            return ViewRecipe(kept, tuple(range(len(kept))), dims, full)
         if self._described():
             whole = math.prod(shape) == self._n_free and offset % max(self._n_free, 1) == 0
             return ViewRecipe(tuple(shape), tuple(range(len(shape)))) if whole else None
@@ -361,6 +455,11 @@ class TieLayout:
         layout's index space (a group's dense checkpoint). Returns ``(theta, covered)`` in the
         accumulation dtype, as :func:`signed_class_means`."""
         device = parts[0][1].device
+        broadcast = self._broadcast_of()
+        if broadcast is not None and len(parts) == 1 and self.view_of(*_whole(parts[0])):
+            return _mean_over(parts[0][1], broadcast[1]).reshape(-1), torch.ones(
+                self._n_free, dtype=torch.bool, device=device
+            )
         copies = self._described()
         if copies and all(
             off % max(self._n_free, 1) == 0 and t.numel() == self._n_free for off, t in parts
@@ -394,9 +493,13 @@ class TieLayout:
             return torch.empty(self.n_free, dtype=tensor.dtype, device=tensor.device), math.nan
         with torch.no_grad():
             theta, _ = self.project_parts([(0, tensor)])
-            sign = None if self.sign is None else self.sign.to(theta.device, tensor.dtype)
-            index = self.index.reshape(-1).to(theta.device)
-            projected = gather(theta.to(tensor.dtype), index, sign, tuple(tensor.shape))
+            recipe = self.view_of(0, tuple(tensor.shape)) if self._broadcast_of() else None
+            if recipe is not None:  # described: no index
+                projected = recipe.apply(theta.to(tensor.dtype))
+            else:
+                sign = None if self.sign is None else self.sign.to(theta.device, tensor.dtype)
+                index = self.index.reshape(-1).to(theta.device)
+                projected = gather(theta.to(tensor.dtype), index, sign, tuple(tensor.shape))
             error = relative_error(tensor, projected)
             if init == "preserve_std":
                 theta = theta * self.class_sizes.to(theta).clamp_min(1).sqrt()
@@ -431,9 +534,13 @@ class TieLayout:
         """
         whole = getattr(self, "_fingerprint", None)  # absent from layouts pickled before
         if whole is None:
-            copies = self._described()
-            if copies:  # from the description: no index to hash, at any size
+            copies, broadcast = self._described(), self._broadcast_of()
+            description: tuple[Any, ...] | None = None  # hashed: no index, at any size
+            if broadcast is not None:
+                description = ("tietorch-layout-broadcast-1", *broadcast)
+            elif copies:
                 description = ("tietorch-layout-copies-1", self.n_free, copies)
+            if description is not None:
                 whole = hashlib.blake2b(repr(description).encode(), digest_size=16).hexdigest()
             else:
                 whole = self.index_fingerprint()
@@ -463,6 +570,16 @@ def _of_part(whole: str, layout_shape: Shape, offset: int, shape: Shape | None) 
     if offset == 0 and part == layout_shape:
         return whole
     return hashlib.blake2b(repr((whole, offset, part)).encode(), digest_size=16).hexdigest()
+
+
+def _class_size(shape: Shape, dims: tuple[int, ...]) -> int:
+    """The entries of each class of a :meth:`TieLayout.broadcast` layout."""
+    return math.prod(shape[d] for d in dims)
+
+
+def _whole(part: tuple[int, Tensor]) -> tuple[int, Shape]:
+    """A ``(offset, tensor)`` part as the ``(offset, shape)`` :meth:`TieLayout.view_of` reads."""
+    return part[0], tuple(part[1].shape)
 
 
 #: Entries averaged per step when copies are averaged: bounds the float64 scratch to a few MiB.

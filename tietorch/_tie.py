@@ -127,26 +127,16 @@ class Tie:
         Thread-safe: threads may call it at once (a shape missing from the cache may then be
         solved twice; both results are equal).
         """
-        with _context(f"{self!r}.layout"):
-            shape = _as_shape(shape)
-        with _CACHE_LOCK:
-            cache: OrderedDict[Shape, TieLayout] = self.__dict__.setdefault(
-                "_layout_cache", OrderedDict()
-            )
-            if shape in cache:
-                return cache[shape]
+        return cached_layout(self, shape, self._solved)
+
+    def _solved(self, shape: Shape) -> TieLayout:
+        """The layout found by the solver from the declaration (``shape`` already checked)."""
         with _context(f"{self!r} on shape {shape}"):  # named here, once, for all below
-            checked_shape(self, shape)
             check_size(shape, self._solve_bytes_per_entry(shape))
             constraints = self._constraints(shape)
         n = math.prod(shape)
         index, n_free, sign = solve(n, constraints)
-        layout = TieLayout(index.view(shape), n_free, None if sign is None else sign.view(shape))
-        with _CACHE_LOCK:
-            cache[shape] = layout
-            while len(cache) > _LAYOUT_CACHE_SIZE:
-                cache.popitem(last=False)
-        return layout
+        return TieLayout(index.view(shape), n_free, None if sign is None else sign.view(shape))
 
     def _declares(self) -> str:
         """Which of key / relations / layout this tie's class overrides (a hand-written layout
@@ -319,6 +309,27 @@ def _memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not a POSIX system
         return None
+
+
+def cached_layout(tie: Tie, shape: Sequence[int], build: Callable[[Shape], TieLayout]) -> TieLayout:
+    """``tie``'s layout on ``shape`` from its cache, else checked (``check_shape``), built by
+    ``build`` and cached (the last few shapes). Errors name the tie and the shape."""
+    with _context(f"{tie!r}.layout"):
+        shape = _as_shape(shape)
+    with _CACHE_LOCK:
+        cache: OrderedDict[Shape, TieLayout] = tie.__dict__.setdefault(
+            "_layout_cache", OrderedDict()
+        )
+        if shape in cache:
+            return cache[shape]
+    with _context(f"{tie!r} on shape {shape}"):
+        checked_shape(tie, shape)
+    layout = build(shape)
+    with _CACHE_LOCK:
+        cache[shape] = layout
+        while len(cache) > _LAYOUT_CACHE_SIZE:
+            cache.popitem(last=False)
+    return layout
 
 
 def checked_shape(tie: Tie, shape: Shape) -> None:

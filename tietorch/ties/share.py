@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .._tie import Tie
+from .._layout import TieLayout
+from .._tie import Tie, cached_layout
 from ..errors import ShapeError
 from ._dims import Shape, as_count, as_dims, resolve_dims
 
@@ -29,6 +30,17 @@ class ShareAlong(Tie):
 
     def check_shape(self, shape: Shape) -> None:
         resolve_dims(self, self.dims, shape)
+
+    def layout(self, shape: Sequence[int]) -> TieLayout:
+        """In closed form, without solving: :meth:`TieLayout.broadcast`, whose index (equal to
+        the solver's for :meth:`key`) is built only if someone reads it; the tensor reads its
+        free vector as an expanded view."""
+        if type(self).key is not ShareAlong.key:  # a subclass with its own key: solve that
+            return super().layout(shape)
+        return cached_layout(self, shape, self._closed_form)
+
+    def _closed_form(self, shape: Shape) -> TieLayout:
+        return TieLayout.broadcast(shape, resolve_dims(self, self.dims, shape))
 
     def key(self, *idx: Tensor) -> tuple[Tensor, ...]:
         shared = {d % len(idx) for d in self.dims}
