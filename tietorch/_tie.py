@@ -324,6 +324,7 @@ def cached_layout(tie: Tie, shape: Sequence[int], build: Callable[[Shape], TieLa
             return cache[shape]
     with _context(f"{tie!r} on shape {shape}"):
         checked_shape(tie, shape)
+        check_size(shape, 0)  # a closed form costs nothing, but no tensor has 2**62 entries
     layout = build(shape)
     with _CACHE_LOCK:
         cache[shape] = layout
@@ -348,9 +349,11 @@ def check_size(shape: Shape, bytes_per_entry: int) -> None:
     (``bytes_per_entry``: the estimate for this kind of layout, e.g.
     :meth:`Tie._solve_bytes_per_entry`)."""
     n = math.prod(shape)
+    if n >= 2**62:
+        raise ShapeError(f"{n:,} entries: more than a tensor can hold (2**62)")
     needed = n * bytes_per_entry
     memory = _memory_bytes()
-    if n >= 2**62 or (memory is not None and needed > memory):
+    if memory is not None and needed > memory:
         have = "" if memory is None else f", more than this machine's {memory / 2**30:.3g} GiB"
         raise ShapeError(
             f"{n:,} entries; solving them needs about "
