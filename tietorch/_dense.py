@@ -70,7 +70,7 @@ def free_from_dense(
             "for the rest; load the whole group's tensors"
         )
     theta = theta.to(lead._dtype)
-    distances = {key: distance(part, theta, exact) for part in parts for key in (part[1],)}
+    distances = {part[1]: distance(part, theta, exact) for part in parts}
     return theta, distances
 
 
