@@ -1,12 +1,15 @@
 """Ties at scale: an embedding that is also the output layer, as a view of its free vector;
-one filter shared across input channels (``ShareAlong(1)``), as a broadcast view.
+one filter shared across input channels (``ShareAlong(1)``), as a broadcast view; one filter
+bank for every group (``ShareAcrossGroups``), as repeated blocks; a Hankel matrix, as an
+unfolded window.
 
 Questions: what does tying an LLM's embedding and output layer cost, to tie (time and peak
 memory, each case in a fresh process) and per training step against Hugging Face's shared
 Parameter? The tied pair is described (no index) and read as a view; the "gather" row forces
 the pre-view path (an index_select over every entry) for comparison. The same for
-``ShareAlong(1)``: tying a large Linear (fresh process), and a conv's training step read as an
-expanded view against the gather.
+``ShareAlong(1)`` and ``ShareAcrossGroups(8)``: tying a large Linear (fresh process), and a
+conv's training step read as an expanded view against the gather; a ``Hankel`` Linear's
+training step read as a window against the gather.
 
 Run: ``python -m benchmarks.bench_views [--quick]``. Prints interleaved medians and ratios.
 """
@@ -93,49 +96,69 @@ def _tie_cost(vocab: int, dim: int, device: str) -> tuple[float, float]:
 
 _SHARE_IN_A_FRESH_PROCESS = """
 import resource, sys, time, torch, tietorch
-n, device = int(sys.argv[1]), sys.argv[2]
+n, device, tie = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 with torch.device(device):
     linear = torch.nn.Linear(n, n)
+tie = eval(tie, vars(tietorch))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-tietorch.register_tie(linear, "weight", tietorch.ShareAlong(1))
+tietorch.register_tie(linear, "weight", tie)
 seconds = time.perf_counter() - start
 print(seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
 
 
-def _share_cost(n: int, device: str) -> tuple[float, float]:
-    """Seconds and peak-RSS MiB of ``ShareAlong(1)`` on a ``Linear(n, n)``, in a fresh process."""
-    return _in_a_fresh_process(_SHARE_IN_A_FRESH_PROCESS, n, device)
+def _share_cost(n: int, device: str, tie: str) -> tuple[float, float]:
+    """Seconds and peak-RSS MiB of ``tie`` (an expression over tietorch's names) on a
+    ``Linear(n, n)``, in a fresh process."""
+    return _in_a_fresh_process(_SHARE_IN_A_FRESH_PROCESS, n, device, tie)
 
 
-def _shared_convs(channels: int) -> dict[str, nn.Module]:
-    """A conv whose filter is shared across input channels, as a view and as a gather."""
-    convs = {}
+def _view_and_gather(build: Callable[[], nn.Module], tie: tietorch.Tie) -> dict[str, nn.Module]:
+    """The module ``build`` makes with ``tie`` on its weight, read as a view and as a gather."""
+    modules = {}
     for name in ("tietorch view", "tietorch gather"):
         torch.manual_seed(0)
-        conv = nn.Conv2d(channels, channels, 3, padding=1)
-        tietorch.register_tie(conv, "weight", tietorch.ShareAlong(1))
+        module = build()
+        tietorch.register_tie(module, "weight", tie)
         if name == "tietorch gather":
-            conv.parametrizations.weight[0].view = None  # the path before broadcast views
-        convs[name] = conv
-    return convs
+            module.parametrizations.weight[0].view = None  # the path before views
+        modules[name] = module
+    return modules
 
 
 def _share_along(quick: bool) -> None:
     rows = []
-    for n, device in [(4096, "meta")] + ([] if quick else [(16384, "meta")]):
-        seconds, mib = _share_cost(n, device)
-        rows.append((f"Linear({n}, {n}) on {device}", seconds * 1e3, mib, n * n * 4 / 2**20))
-    print("register_tie(ShareAlong(1)) of a Linear (fresh process each)")
-    print(table(("layer", "ms", "peak RSS MiB", "tensor MiB"), rows))
+    for tie in ("ShareAlong(1)", "ShareAcrossGroups(8)"):
+        for n, device in [(4096, "meta")] + ([] if quick else [(16384, "meta")]):
+            seconds, mib = _share_cost(n, device, tie)
+            rows.append((f"{tie}, Linear({n}, {n}) on {device}", seconds * 1e3, mib, n * n / 2**18))
+    print("register_tie of a Linear (fresh process each)")
+    print(table(("tie, layer", "ms", "peak RSS MiB", "tensor MiB"), rows))
     print()
     channels, batch, size = 64, (8 if quick else 32), (16 if quick else 32)
     x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
     _timed(
         f"Conv2d({channels}, {channels}, 3, padding=1) with ShareAlong(1) training step, "
         f"batch {batch} x {channels} x {size} x {size}, SGD (median ms, interleaved)",
-        {name: training_step(conv, x) for name, conv in _shared_convs(channels).items()},
+        {
+            name: training_step(conv, x)
+            for name, conv in _view_and_gather(
+                lambda: nn.Conv2d(channels, channels, 3, padding=1), tietorch.ShareAlong(1)
+            ).items()
+        },
+        ("tietorch gather", "/ gather"),
+        quick,
+    )
+    print()
+    n = 512 if quick else 2048
+    x = torch.randn(64, n, generator=torch.Generator().manual_seed(1))
+    _timed(
+        f"Linear({n}, {n}) with Hankel() training step, batch 64, SGD (median ms, interleaved)",
+        {
+            name: training_step(linear, x)
+            for name, linear in _view_and_gather(lambda: nn.Linear(n, n), tietorch.Hankel()).items()
+        },
         ("tietorch gather", "/ gather"),
         quick,
     )

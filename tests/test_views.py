@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import tietorch as tt
-from tietorch._layout import gather
+from tietorch._layout import gather, view_recipe
 
 
 def _pair(relation=None, sign=1):
@@ -41,9 +43,7 @@ def test_a_pair_that_reads_the_free_vector_once_is_a_view(relation, orders):
         assert torch.equal(module.weight, _gathered(module))  # the same values, to the bit
 
 
-@pytest.mark.parametrize(
-    "tie", [tt.Symmetric(), tt.Toeplitz(), tt.ShareAcrossGroups(3), tt.KernelSymmetry("D4")]
-)
+@pytest.mark.parametrize("tie", [tt.Symmetric(), tt.Toeplitz(), tt.KernelSymmetry("D4")])
 def test_ties_that_share_entries_stay_gathers(tie):
     conv = nn.Conv2d(3, 3, 3)
     tt.register_tie(conv, "weight", tie)
@@ -336,3 +336,145 @@ def test_a_broadcast_checkpoint_recorded_from_the_index_still_loads():
     record["layout"] = "0" * 32  # any other record is still refused
     with pytest.raises(tt.errors.CheckpointError):
         dst.load_state_dict(state)
+
+
+# ------------------------------------------------ repeated blocks (ShareAcrossGroups)
+
+_GROUP_CASES = [
+    ((8, 3), 2, 0),
+    ((8, 1, 3, 3), 4, 0),
+    ((2, 6, 5), 3, 1),
+    ((6,), 6, 0),
+    ((3, 4), 2, -1),
+]
+
+
+@pytest.mark.parametrize(("shape", "groups", "dim"), _GROUP_CASES)
+def test_described_groups_equal_the_solved_ones(shape, groups, dim):
+    tie = tt.ShareAcrossGroups(groups, dim)
+    described = tie.layout(shape)
+    assert described._index is None
+    solved = tt.Tie.from_key(tie.key).layout(shape)
+    assert described.shape == solved.shape and described.n_free == solved.n_free
+    assert torch.equal(described.index, solved.index)
+    assert torch.equal(described.class_sizes, solved.class_sizes)
+    assert described.index_fingerprint() == solved.fingerprint()
+    assert described.fingerprint() != tt.ShareAlong(dim).layout(shape).fingerprint()
+
+
+def _streams(groups=4, bank=8):
+    """The stream-sharing user's layer: ``groups`` one-channel streams through one bank."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(groups, groups * bank, 3, groups=groups, padding=1)
+    tt.register_tie(conv, "weight", tt.ShareAcrossGroups(groups))
+    tt.register_tie(conv, "bias", tt.ShareAcrossGroups(groups))
+    return conv
+
+
+def test_repeated_blocks_read_no_index_and_equal_the_gather():
+    conv = _streams()
+    for name in ("weight", "bias"):
+        param = getattr(conv.parametrizations, name)[0]
+        assert param.view is not None and param._index is None and param.layout._index is None
+    assert torch.equal(conv.weight, _gathered(conv))
+    assert torch.equal(conv.weight[:8], conv.weight[8:16])
+
+
+def test_repeated_blocks_gradients_and_assignment():
+    """The backward sums the gradient over the groups (expand's reduction): equal to the
+    gather's index_add up to summation order (bitwise with 4 groups here)."""
+    conv, x = _streams(), torch.randn(2, 4, 6, 6)
+    conv(x).square().sum().backward()
+    theta = conv.parametrizations.weight.original
+    view_grad, theta.grad = theta.grad.clone(), None
+    nn.functional.conv2d(
+        x, _gathered(conv), conv.bias, padding=1, groups=4
+    ).square().sum().backward()
+    assert torch.allclose(view_grad, theta.grad, rtol=0, atol=1e-6 * theta.grad.abs().max())
+    w = torch.randn(32, 1, 3, 3)
+    conv.weight = w
+    assert torch.equal(conv.weight[:8], w.double().view(4, 8, 1, 3, 3).mean(0).float())
+    tied = torch.randn(8, 1, 3, 3).repeat(4, 1, 1, 1)
+    conv.weight = tied
+    assert torch.equal(conv.weight, tied)
+
+
+def test_untied_repeated_blocks_are_independent():
+    conv = _streams()
+    before = conv.weight.detach().clone()
+    tt.remove_tie(conv, "weight")
+    with torch.no_grad():
+        conv.weight[:8].add_(1)
+    assert torch.equal(conv.weight[8:], before[8:])
+
+
+# ---------------------------------------------------------------- overlapping windows (Hankel)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_any_strided_read_found_as_a_view_equals_the_gather(data):
+    """Random non-negative strides over a random shape: where a view is found, it reads what
+    the gather reads and assigning takes the class means (an independent computation)."""
+    ndim = data.draw(st.integers(1, 4))
+    shape = tuple(data.draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim)))
+    strides = data.draw(st.lists(st.integers(0, 13), min_size=ndim, max_size=ndim))
+    grid = torch.zeros(shape, dtype=torch.long)
+    for d, size in enumerate(shape):
+        grid = (
+            grid
+            + torch.arange(size).view([size if k == d else 1 for k in range(ndim)]) * strides[d]
+        )
+    values, index = torch.unique(grid, return_inverse=True)  # renumbered: every one read
+    recipe = view_recipe(index.reshape(-1), None, shape, len(values))
+    if recipe is None:
+        return
+    theta = torch.randn(len(values), dtype=torch.float64)
+    assert torch.equal(recipe.apply(theta), theta[index])
+    w = torch.randn(shape, dtype=torch.float64)
+    means = torch.zeros(len(values), dtype=torch.float64).index_add_(
+        0, index.reshape(-1), w.reshape(-1)
+    )
+    means /= torch.bincount(index.reshape(-1), minlength=len(values))
+    assert torch.allclose(recipe.invert(w), means)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dims"), [((5, 7), (-2, -1)), ((3, 5, 7), (-2, -1)), ((5, 7, 3), (0, 1))]
+)
+def test_hankel_is_an_unfolded_window(shape, dims):
+    layout = tt.Hankel(dims).layout(shape)
+    recipe = layout.view_of(0, shape)
+    assert recipe is not None and recipe.window
+    theta = torch.randn(layout.n_free)
+    assert torch.equal(recipe.apply(theta), layout.materialize(theta))
+
+
+def test_a_hankel_layer_reads_no_index_under_compile_and_vmap():
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 12)
+    tt.register_tie(lin, "weight", tt.Hankel())
+    param = lin.parametrizations.weight[0]
+    assert param.view is not None and param._index is None
+    x = torch.randn(5, 16)
+    assert torch.equal(lin.weight, _gathered(lin))
+    expected = lin(x)
+    assert torch.equal(torch.compile(lin, fullgraph=True)(x), expected)
+    lin(x).square().sum().backward()
+    theta = lin.parametrizations.weight.original
+    view_grad, theta.grad = theta.grad.clone(), None
+    nn.functional.linear(x, _gathered(lin), lin.bias).square().sum().backward()
+    assert torch.allclose(view_grad, theta.grad, rtol=0, atol=1e-6 * theta.grad.abs().max())
+    params = {k: v.detach() for k, v in lin.named_parameters()}
+
+    def loss(p, row):
+        return functional_call(lin, p, (row[None],)).square().mean()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for key, value in grad(loss)(params, x[0]).items():
+        assert torch.allclose(per_sample[key][0], value, atol=1e-6)
+    w = torch.randn(12, 16)
+    lin.weight = w
+    assert torch.allclose(lin.weight, _gathered(lin))

@@ -76,6 +76,20 @@ class ShareAcrossGroups(Tie):
         if shape[dim] % self.groups:
             raise ShapeError(f"needs dim {self.dim} divisible by {self.groups}")
 
+    def layout(self, shape: Sequence[int]) -> TieLayout:
+        """In closed form, without solving: the broadcast of ``shape`` with ``dim`` split into
+        ``(groups, block)`` along the groups, reshaped back (:meth:`TieLayout.broadcast`; its
+        index, equal to the solver's for :meth:`key`, is built only if someone reads it). The
+        tensor repeats its free vector's block, reading no index."""
+        if type(self).key is not ShareAcrossGroups.key:  # a subclass with its own key: solve it
+            return super().layout(shape)
+        return cached_layout(self, shape, self._closed_form)
+
+    def _closed_form(self, shape: Shape) -> TieLayout:
+        (dim,) = resolve_dims(self, (self.dim,), shape)
+        split = (*shape[:dim], self.groups, shape[dim] // self.groups, *shape[dim + 1 :])
+        return TieLayout.broadcast(split, (dim,), reshaped=shape)
+
     def key(self, *idx: Tensor) -> tuple[Tensor, ...]:
         dim = self.dim % len(idx)
         block = idx[dim].numel() // self.groups
