@@ -14,7 +14,9 @@ branches of a bigger model would be) and, for reference, the third exact way to 
 bank across streams, folding the streams into the batch:
 ``conv(x.reshape(B*N, 1, L)).reshape(B, N*F, L)``. That needs no tie at all; the grouped form is
 the one to use when the sharing is only part of the story (other ties, per-stream biases, an
-ordinary ``Conv1d`` module for export).
+ordinary ``Conv1d`` module for export). ``tietorch.fast_forward`` gives the grouped layer that
+fold as its forward (the rule ``fold-groups``, found from the tie's layout), so the tied layer
+runs as fast as the hand-written fold and stays one ordinary ``Conv1d`` with one filter bank.
 
 Run: ``python examples/streams.py [--quick]``; exits non-zero if a check fails.
 """
@@ -145,9 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     loop = LoopAndCat(conv)
     grouped = grouped_shared(conv, streams)
     fold = FoldIntoBatch(conv)
+    fast = grouped_shared(conv, streams)
+    report = tietorch.fast_forward(fast)  # the groups folded into the batch, found from the tie
+    print(report)
     models: dict[str, nn.Module] = {
         "loop and cat": loop,
         "grouped + ShareAcrossGroups": grouped,
+        "... + fast_forward": fast,
         "fold streams into batch": fold,
         "N branches + tie_tensors": TiedBranches(conv, streams),
     }
@@ -160,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     check(
         "grouped output == loop-and-cat output (allclose)",
         torch.allclose(outputs["grouped + ShareAcrossGroups"], reference, atol=1e-5),
+    )
+    check("fast_forward folds the groups", [row.rule for row in report] == ["fold-groups"])
+    check(
+        "fast_forward output == loop-and-cat output (allclose)",
+        torch.allclose(outputs["... + fast_forward"], reference, atol=1e-5),
     )
     check(
         "fold output == loop-and-cat output (allclose)",

@@ -40,6 +40,23 @@ def make_autoencoder() -> nn.Module:
     return net
 
 
+def make_fast_net() -> nn.Module:
+    """A model whose ties have fast_forward rules (segment-sum, fold-groups)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=3)
+    )
+    tt.register_tie(net[0], "weight", tt.ShareAlong(1))
+    tt.register_tie(net[2], "weight", tt.ShareAcrossGroups(3))
+    tt.register_tie(net[2], "bias", tt.ShareAcrossGroups(3))
+    return net
+
+
+def fast_constraints_hold(net: nn.Module) -> bool:
+    w0, w2 = net[0].weight, net[2].weight.view(3, 2, 2, 3, 3)
+    return bool(torch.equal(w0, w0[:, :1].expand_as(w0)) and torch.equal(w2, w2[:1].expand_as(w2)))
+
+
 def batch(group: bool) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
     if group:
@@ -60,17 +77,23 @@ def constraints_hold(net: nn.Module, group: bool) -> bool:
 
 
 def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
+    fast = mode.endswith("+fast")  # fast_forward(net) before training
+    mode = mode.removesuffix("+fast")
+    fast_net = mode.endswith("-fastnet")  # make_fast_net(): ties that fast_forward rewrites
+    mode = mode.removesuffix("-fastnet")
     group = mode.endswith("-group")  # a tied autoencoder: one free vector, two weights
     mode = mode.removesuffix("-group")
     if mode != "single":
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    build = make_autoencoder if group else make_model
+    build = make_autoencoder if group else make_fast_net if fast_net else make_model
     if mode == "fsdp_meta":  # the large-model flow: declare on meta, shard, materialize, load
         with torch.device("meta"):
             net = build()
     else:
         net = build()
+    if fast:
+        assert len(tt.fast_forward(net)) == 2
     model: nn.Module = net
     synced_buffers = -1
     if mode == "ddp":
@@ -121,7 +144,8 @@ def main(mode: str, rank: int, world: int, port: int, out: str) -> None:
             unit.unshard()
         holds = constraints_hold(net, group)
     else:
-        state, holds = net.state_dict(), constraints_hold(net, group)
+        holds = fast_constraints_hold(net) if fast_net else constraints_hold(net, group)
+        state = net.state_dict()
     torch.save({"state": state, "holds": holds, "synced_buffers": synced_buffers}, out)
     if mode != "single":
         dist.destroy_process_group()

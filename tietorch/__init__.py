@@ -9,6 +9,7 @@ True
 
 from . import errors
 from ._checkpoint import dense_state_dict, load_dense_state_dict
+from ._fast import FastForwardReport, FastPathRow, fast_forward
 from ._group import tie_model, tie_tensors
 from ._layout import TieLayout
 from ._parametrization import TieParametrization
@@ -42,6 +43,8 @@ __all__ = [
     "AllOf",
     "Antisymmetric",
     "Circulant",
+    "FastForwardReport",
+    "FastPathRow",
     "Hankel",
     "LocallyConnected1d",
     "LocallyConnected2d",
@@ -61,6 +64,7 @@ __all__ = [
     "bake",
     "dense_state_dict",
     "errors",
+    "fast_forward",
     "load_dense_state_dict",
     "plot_layout",
     "register_tie",

@@ -6,7 +6,7 @@ import copy
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakSet
 
 import torch
@@ -27,6 +27,9 @@ from ._torch_compat import (
     register_state_dict_post_hook,
 )
 from .errors import CheckpointError, ShapeError, TieTypeError
+
+if TYPE_CHECKING:
+    from ._fast import FastPlan
 
 __all__ = ["TieParametrization"]
 
@@ -86,9 +89,13 @@ class TieParametrization(nn.Module):
     n_free: int
     projection_error: float
     group: GroupMembership | None
-    #: The tensor as a view of the free vector (identity, a permutation of axes), or None: a
-    #: gather. The class-level default keeps parametrizations pickled before it existed loadable.
+    #: The tensor as a view of the free vector (identity, a permutation of axes, a broadcast,
+    #: a window), or None: a gather. The class-level default keeps parametrizations pickled
+    #: before it existed loadable.
     view: ViewRecipe | None = None
+    #: A cheaper forward of the module that reads this tensor (set by ``fast_forward``); the
+    #: class-level default keeps parametrizations pickled before it existed loadable.
+    fast: FastPlan | None = None
     device: torch.device
     _dtype: torch.dtype
     _registration_value: Tensor | None
@@ -132,6 +139,8 @@ class TieParametrization(nn.Module):
         none: its index is built only if someone asks for :attr:`index`)."""
         self.device = device
         self._dtype = dtype  # right_inverse must return the module's dtype
+        if self.fast is not None:
+            self.fast = self.fast.placed(device, dtype)
         self._index: Tensor | None = None
         self.sign: Tensor | None = None
         if self.view is None:
@@ -163,6 +172,14 @@ class TieParametrization(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, theta: Tensor) -> Tensor:
+        theta = self.free_vector(theta)
+        if self.view is not None:
+            return self.view.apply(theta)
+        return gather(theta, self.index, self.sign, self.shape)
+
+    def free_vector(self, theta: Tensor) -> Tensor:
+        """The free vector this tensor reads: ``theta`` (its ParametrizationList's
+        ``original``), or a group owner's, on this parametrization's device."""
         owner = self.owner
         if owner is not None:
             theta = original(owner)
@@ -176,9 +193,7 @@ class TieParametrization(nn.Module):
             # The free vector was moved without Module._apply (accelerate's
             # set_module_tensor_to_device fills meta-built models that way): follow it.
             self._place(theta.device, self._dtype)
-        if self.view is not None:
-            return self.view.apply(theta)
-        return gather(theta, self.index, self.sign, self.shape)
+        return theta
 
     def right_inverse(self, weight: Tensor) -> Tensor:
         """The free vector for an assigned tensor (``module.weight = W``): the class means of

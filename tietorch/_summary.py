@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ._fast import rule_of
 from ._register import _tied_tensors
 from ._torch_compat import parametrization_list
 from .errors import TieTypeError
@@ -22,6 +23,7 @@ class TieSummaryRow:
     entries: int
     free: int
     owner: str | None = None  # for a group member: the tensor that holds its free vector
+    fast: str | None = None  # the fast_forward rule the layer runs on this weight, if any
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,10 @@ class TieSummary:
         return row.entries + sum(r.entries for r in self.rows if r.owner == row.tensor)
 
     def __str__(self) -> str:
-        header = ("tensor", "shape", "tie", "entries", "free", "ratio")
+        fast = any(r.fast for r in self.rows)  # the column appears once a layer has one
+        header = ("tensor", "shape", "tie", "entries", "free", "ratio") + (
+            ("fast path",) if fast else ()
+        )
         lines = [
             (
                 r.tensor,
@@ -56,6 +61,7 @@ class TieSummary:
                 f"{r.free:,}" if r.owner is None else "shared",
                 _ratio(self._group_entries(r), r.free) if r.owner is None else "",
             )
+            + ((r.fast or "",) if fast else ())
             for r in self.rows
         ]
         lines.append(
@@ -67,6 +73,7 @@ class TieSummary:
                 f"{self.free:,}",
                 _ratio(self.entries, self.free),
             )
+            + (("",) if fast else ())
         )
         widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
         right = {3, 4, 5}
@@ -107,7 +114,7 @@ def summary(model: nn.Module) -> TieSummary:
         for qualname, module, name, _ in tied
     }
     rows = []
-    for qualname, _, name, param in tied:
+    for qualname, module, name, param in tied:
         follows = param.follows
         owner = None if follows is None else names.get(id(follows), "outside this model")
         rows.append(
@@ -118,6 +125,7 @@ def summary(model: nn.Module) -> TieSummary:
                 entries=math.prod(param.shape),
                 free=param.n_free if owner is None else 0,  # a group's vector counts once
                 owner=owner,
+                fast=rule_of(module) if name == "weight" else None,
             )
         )
     return TieSummary(tuple(rows), sum(p.numel() for p in model.parameters()))

@@ -32,6 +32,14 @@ exist (``parametrize.type_before_parametrizations``, ``parametrize.is_parametriz
    change is refused before anything is modified. Guarded by
    ``tests/test_transformers.py::test_resize_token_embeddings_of_a_tied_model_raises``.
 
+4. **A forward of a tied module's own.** ``fast_forward`` gives a tied layer a cheaper forward
+   by setting ``forward`` on parametrize's generated class (per instance, never on
+   ``nn.Conv2d`` itself), so ``remove_parametrizations`` restoring the plain class drops it
+   with the tie. Pickles name the class members tietorch added, and rebuild them (2.); the
+   padding a non-zero ``padding_mode`` applies is read from the conv's private
+   ``_reversed_padding_repeated_twice``, which ``nn.Conv*d._conv_forward`` itself uses.
+   Guarded by ``tests/test_fast.py``.
+
 Also here: the optional import of ``DTensor`` (FSDP2's sharded parameters), absent from builds
 without ``torch.distributed``, and ``Module._register_load_state_dict_pre_hook`` (private on
 torch < 2.4, where the public ``register_load_state_dict_pre_hook`` does not exist) and
@@ -46,6 +54,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -139,22 +148,81 @@ def _deepcopy_parametrized(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
     return replica
 
 
+def set_class_member(module: nn.Module, name: str, value: Any) -> None:
+    """Set ``name`` on a tied module's own generated class (4. above); pickles keep it."""
+    cls = type(module)
+    assert cls.__dict__.get("_tietorch_class", False), "not a tied module's generated class"
+    setattr(cls, name, value)
+    cls._tietorch_members = (*_added_members(cls), name)  # type: ignore[attr-defined]
+
+
+def del_class_member(module: nn.Module, name: str) -> None:
+    """Remove what :func:`set_class_member` set (nothing if it is not there)."""
+    cls = type(module)
+    if name in _added_members(cls):
+        delattr(cls, name)
+        cls._tietorch_members = tuple(m for m in _added_members(cls) if m != name)  # type: ignore[attr-defined]
+
+
+def has_class_member(module: nn.Module, name: str) -> bool:
+    return name in _added_members(type(module))
+
+
+def _added_members(cls: type) -> tuple[str, ...]:
+    members = cls.__dict__.get("_tietorch_members", ())
+    assert isinstance(members, tuple)
+    return members
+
+
 def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple[Any, ...]:
-    # Pickle as the plain class plus the parametrized tensors' names; unpickling rebuilds the
+    # Pickle as the plain class plus the parametrized tensors' names (and the class members
+    # tietorch added, module-level functions pickled by name); unpickling rebuilds the
     # generated class.
     for check in _pickle_checks:
         check(self)
     base = original_class(self)
-    return _rebuild_parametrized, (base, tuple(parametrization_lists(self))), dict(self.__dict__)
+    cls = type(self)
+    members = {name: cls.__dict__[name] for name in _added_members(cls)}
+    names = tuple(parametrization_lists(self))
+    return _rebuild_parametrized, (base, names, members), dict(self.__dict__)
 
 
-def _rebuild_parametrized(base: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
+def _rebuild_parametrized(
+    base: type[nn.Module], names: tuple[str, ...], members: dict[str, Any] | None = None
+) -> nn.Module:
     module = base.__new__(base)
     parametrize._inject_new_class(module)
     own_class_behaviour(module)
     for name in names:
         parametrize._inject_property(module, name)
+    for name, value in (members or {}).items():
+        set_class_member(module, name, value)
     return module
+
+
+def conv_padding_for_mode(conv: nn.Module) -> tuple[int, ...]:
+    """The ``F.pad`` widths a conv with ``padding_mode != "zeros"`` applies before its kernel."""
+    widths = conv._reversed_padding_repeated_twice
+    assert isinstance(widths, (list, tuple))
+    return tuple(widths)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes matrix products in on ``device_type``, None when it is off."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
+        enabled = (
+            torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+        )
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # pragma: no cover - torch < 2.4
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype()
+        return torch.get_autocast_gpu_dtype()
 
 
 def parametrization_lists(module: nn.Module) -> nn.ModuleDict:
