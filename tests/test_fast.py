@@ -23,7 +23,9 @@ CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 @pytest.fixture
 def small_thresholds(monkeypatch):
     """Let the spectral and diagonal rules fire on small layers, to test them quickly."""
-    monkeypatch.setattr(_fast, "SPECTRAL_MIN_SIZE", {"circulant": 2, "toeplitz": 2, "hankel": 2})
+    small = {"circulant": 2, "toeplitz": 2, "hankel": 2}
+    monkeypatch.setattr(_fast, "SPECTRAL_MIN_SIZE", small)
+    monkeypatch.setattr(_fast, "SPECTRAL_MIN_SIZE_FEW_ROWS", small)
     monkeypatch.setattr(_fast, "DIAGONAL_MIN_SIZE", 2)
 
 
@@ -256,6 +258,22 @@ def test_circulant_is_recognized_as_circulant_and_uses_length_n(small_thresholds
 
 def test_toeplitz_length_is_a_fast_fft_size():
     assert [_fast._fast_length(n) for n in (1, 7, 11, 13, 97, 2047)] == [1, 8, 12, 15, 100, 2048]
+
+
+def test_a_circulant_layer_keeps_the_dense_product_for_few_rows_below_its_crossover():
+    """n=256: the FFT wins from 256 rows on, loses at batch 1 (measured): the layer decides by
+    the rows of each call, so it is never slower than the gathered product."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 256).double()
+    tt.register_tie(lin, "weight", tt.Circulant())
+    gathered = copy.deepcopy(lin)
+    assert [row.rule for row in tt.fast_forward(lin)] == ["circulant"]
+    one = torch.randn(1, 256, dtype=torch.float64)
+    assert torch.equal(lin(one), gathered(one))  # the layer's own forward: bitwise
+    many = torch.randn(256, 256, dtype=torch.float64)
+    assert relative(lin(many), gathered(many)) < 1e-10 and not torch.equal(
+        lin(many), gathered(many)
+    )
 
 
 def test_small_structured_layers_keep_the_dense_product_and_say_why():

@@ -54,9 +54,16 @@ from .errors import TieTypeError
 __all__ = ["FastForwardReport", "FastPathRow", "fast_forward"]
 
 #: Below these sizes (``min(out_features, in_features)``) the FFT of a structured ``Linear`` loses
-#: to the gathered dense product (measured with ``benchmarks/bench_fast.py``, batch 256, on a
-#: 2-core CPU: circulant 1.15x faster at 256, 0.81x at 128; Toeplitz 1.5x at 512, 0.92x at 256).
+#: to the gathered dense product at batch 256 (``benchmarks/bench_fast.py``, 2-core CPU, torch
+#: 2.13, fwd+bwd: circulant 1.26x faster at 256, 0.97x at 128; Toeplitz 1.6x at 512, 1.0x at
+#: 256; Hankel 1.5x at 512, 1.0x at 256).
 SPECTRAL_MIN_SIZE = {"circulant": 256, "toeplitz": 512, "hankel": 512}
+#: The same with fewer rows than ``SPECTRAL_MANY_ROWS`` in the input: at batch 1 the FFT's fixed
+#: cost weighs more (circulant 0.75x at 256, 1.13x at 384, 1.6x at 512; Toeplitz 1.7x and
+#: Hankel 1.1x at 512). Between 1 and 256 rows the batch-1 threshold is kept: the dense
+#: product's cost grows with the rows faster than the FFT's, so it is the safe side.
+SPECTRAL_MIN_SIZE_FEW_ROWS = {"circulant": 384, "toeplitz": 512, "hankel": 512}
+SPECTRAL_MANY_ROWS = 256
 #: ``segment-sum`` runs when the classes of columns are at most this share of the columns.
 SEGMENT_MAX_SHARE = 0.5
 #: ``diagonal-plus-constant`` from this size on (below, the dense product is as fast).
@@ -110,6 +117,11 @@ class FastPlan:
     @property
     def detail(self) -> str:
         raise NotImplementedError
+
+    def declines(self, x: Tensor) -> bool:
+        """Whether this call runs the layer's own forward instead (its input is where the plan
+        would lose, or autocast is on where the plan must not run under it)."""
+        return False
 
     def run(self, module: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -166,6 +178,9 @@ class _ReducedPlan(FastPlan):
     segments: _Segments | None
     fold: int  # groups folded into the batch (1: none)
     bias_in_conv: bool  # with fold: the bias is the same in every group, so the conv adds it
+    # The reduced weight reads the free vector in order (index 0 .. n, all signs +1): a view
+    # (the described layouts: ShareAlong's kept dims, ShareAcrossGroups' block).
+    reads_in_order: bool = False
 
     @property
     def name(self) -> str:
@@ -185,7 +200,10 @@ class _ReducedPlan(FastPlan):
         return "; ".join(words)
 
     def run(self, module: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
-        weight = gather(theta, self.maps.index, self.maps.sign, self.shape)
+        if self.reads_in_order:  # the reduced weight is the free vector itself: no gather
+            weight = theta.view(self.shape)
+        else:
+            weight = gather(theta, self.maps.index, self.maps.sign, self.shape)
         bias = _bias(module)
         if isinstance(module, nn.Linear):
             assert self.segments is not None
@@ -233,12 +251,17 @@ class _SpectralPlan(FastPlan):
     def detail(self) -> str:
         return f"FFT of length {self.length}"
 
+    def declines(self, x: Tensor) -> bool:
+        size = min(self.out_features, x.shape[-1])
+        rows = x.numel() // max(x.shape[-1], 1)
+        if rows < SPECTRAL_MANY_ROWS and size < SPECTRAL_MIN_SIZE_FEW_ROWS[self.kind]:
+            return True  # the dense product wins here
+        # Under autocast the dense product runs in its low precision, while an FFT has no
+        # half-precision kernels on the CPU and must not accumulate in one anyway: the layer's
+        # own (gathered) forward is what autocast expects.
+        return autocast_dtype(x.device.type) is not None
+
     def run(self, module: nn.Module, theta: Tensor, x: Tensor) -> Tensor:
-        if autocast_dtype(x.device.type) is not None:
-            # Declined under autocast: the dense product runs in its low precision there,
-            # while an FFT has no half-precision kernels on the CPU and must not accumulate in
-            # one anyway; the layer's own (gathered) forward is what autocast expects.
-            return original_class(module).forward(module, x)
         out_dtype = torch.promote_types(x.dtype, theta.dtype)
         compute = torch.promote_types(out_dtype, torch.float32)  # a half model: FFT in float32
         a = gather(theta.to(compute), self.maps.index, _as(self.maps.sign, compute), (-1,))
@@ -417,10 +440,14 @@ def _tied_forward(self: nn.Module, input: Tensor) -> Tensor:
     """The forward of a layer with a fast path: the plan on the weight's tie, or, when it has
     none (``fast_forward(..., enable=False)`` on a copy, the tie removed while another tensor
     stays tied), the layer's own forward."""
-    param = _weight_tie(self)
-    plan = None if param is None else param.fast
-    if param is None or plan is None:
+    # Read directly, not through _weight_tie's checks: this runs on every call, and a plan that
+    # declines (a batch where it would lose) must cost next to nothing over the layer's own.
+    lists = getattr(self, "parametrizations", None)
+    param = lists["weight"][0] if lists is not None and "weight" in lists else None
+    plan = param.fast if isinstance(param, TieParametrization) else None
+    if plan is None or plan.declines(input):
         return original_class(self).forward(self, input)
+    assert isinstance(param, TieParametrization)
     theta = param.free_vector(parametrization_list(self, "weight").original)
     return plan.run(self, theta, input)
 
@@ -619,14 +646,15 @@ def _described_plan(module: nn.Module, param: TieParametrization) -> FastPlan | 
         reduced = param.view.apply(theta_index)[:, :1]
         cpu = _Maps(reduced.reshape(-1).contiguous())
         segments = _Segments("all", 1, columns)
-        return _ReducedPlan(cpu, cpu, tuple(reduced.shape), segments, 1, False)
+        in_order = torch.equal(cpu.index, theta_index)  # not where kernel dims are shared too
+        return _ReducedPlan(cpu, cpu, tuple(reduced.shape), segments, 1, False, in_order)
     groups = getattr(module, "groups", 1)
     if reshaped is not None and dims == (0,) and full[0] == groups > 1:  # ShareAcrossGroups
         if isinstance(module, nn.Linear):
             return None
         cpu = _Maps(theta_index)
         shape = (out // groups, columns, *kernel)
-        return _ReducedPlan(cpu, cpu, shape, None, groups, _bias_folds(module, groups))
+        return _ReducedPlan(cpu, cpu, shape, None, groups, _bias_folds(module, groups), True)
     return None
 
 
