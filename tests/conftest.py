@@ -10,3 +10,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("tietorch")
+
+# The recorder of the Keras fixtures needs TensorFlow, which the suite does not install: it is
+# run by hand (tests/keras_fixtures/record.py), never imported for doctests.
+collect_ignore = ["keras_fixtures/record.py"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -35,8 +36,11 @@ from ..errors import ArgumentError, ShapeError, TieTypeError
 from ..ties.tile_share import TileShare
 from . import _lc_function as _lc
 from ._arguments import LayerArguments, Padding, bias_tie, parse_arguments
+from ._keras import KerasLayer, KerasPort
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "free_workspace"]
+
+_Layer = TypeVar("_Layer", bound="_LocallyConnectedNd")
 
 free_workspace = _lc.free_workspace
 
@@ -381,6 +385,32 @@ class LocallyConnected2d(_LocallyConnectedNd):
     _n = 2
     _conv_name = "Conv2d"
 
+    @classmethod
+    def from_keras(
+        cls,
+        layer: KerasLayer,
+        *,
+        input_size: int | Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> LocallyConnected2d:
+        """The equivalent layer of a tf_keras ``LocallyConnected2D`` (any implementation, either
+        data format, ``valid`` or Keras' own ``same``, any strides), weights and bias copied.
+
+        It takes NCHW input: for a channels_last Keras layer, ``lc(x.permute(0, 3, 1, 2))``
+        equals ``keras_layer(x)`` permuted to NCHW. Only ``layer.get_config()``,
+        ``get_build_config()`` and ``get_weights()`` are read: TensorFlow is not imported. The
+        input size comes from the built layer (pass ``input_size=`` for a layer that was not
+        built by a call). A non-linear activation or a weight constraint is refused, never
+        dropped. See docs/keras.md for the mapping.
+
+        Example (the Keras part needs tf_keras, so it is not run here)::
+
+            keras_layer = tf_keras.layers.LocallyConnected2D(8, 3, padding="same", implementation=3)
+            keras_layer.build((None, 32, 32, 3))
+            lc = LocallyConnected2d.from_keras(keras_layer)  # LocallyConnected2d(3, 8, 3, ...)
+        """
+        return _ported(cls, layer, input_size, device)
+
 
 class LocallyConnected1d(_LocallyConnectedNd):
     __doc__ = (
@@ -411,3 +441,40 @@ class LocallyConnected1d(_LocallyConnectedNd):
     )
     _n = 1
     _conv_name = "Conv1d"
+
+    @classmethod
+    def from_keras(
+        cls,
+        layer: KerasLayer,
+        *,
+        input_size: int | Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> LocallyConnected1d:
+        """The equivalent layer of a tf_keras ``LocallyConnected1D``; takes NCL input (for a
+        channels_last Keras layer, ``lc(x.transpose(1, 2))`` equals ``keras_layer(x)``
+        transposed). As :meth:`LocallyConnected2d.from_keras`."""
+        return _ported(cls, layer, input_size, device)
+
+
+def _ported(
+    cls: type[_Layer], layer: KerasLayer, input_size: Any, device: torch.device | str | None
+) -> _Layer:
+    """``cls.from_keras``: the layer the Keras layer parses to, its weight and bias copied."""
+    port = KerasPort(layer, cls._n, f"{cls.__name__}.from_keras", input_size)
+    lc = cls(
+        port.in_channels,
+        port.filters,
+        port.kernel_size,
+        port.input_size,
+        stride=port.stride,
+        padding=port.pads,
+        bias=port.use_bias,
+        device=device,
+        dtype=port.torch_dtype(),
+    )
+    with torch.no_grad():
+        lc.weight.copy_(torch.from_numpy(port.weight))
+        if lc.bias is not None:
+            assert port.dense_bias is not None
+            lc.bias.copy_(torch.from_numpy(port.dense_bias))
+    return lc
