@@ -105,3 +105,91 @@ def test_what_cannot_be_mapped_is_refused(change, match):
 def test_not_a_keras_layer_is_a_type_error():
     with pytest.raises(tt.errors.TieTypeError, match="get_config"):
         LocallyConnected2d.from_keras(torch.nn.Conv2d(2, 3, 3))
+
+
+# ------------------------------------------------ weights that face only padding
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, c in CASES.items() if c["config"]["implementation"] == 3)
+)
+def test_without_the_padding_weights_the_count_is_implementation_3s(name):
+    case = CASES[name]
+    layer_class = LocallyConnected1d if name.startswith("1d") else LocallyConnected2d
+    lc = layer_class.from_keras(RecordedLayer(case))
+    assert sum(p.numel() for p in lc.parameters()) == case["parameters"]
+    kept = layer_class.from_keras(RecordedLayer(case), zero_padding_weights=False)
+    padded = case["config"]["padding"] == "same"
+    assert (kept.weight.numel() > lc.weight.numel() - int((lc.weight == 0).sum())) == padded
+    x = torch.randn(2, 2, *lc.input_size, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(lc(x), kept(x), rtol=0, atol=1e-12)
+
+
+def _padding_reads(lc) -> torch.Tensor:
+    """Independently of the layer: which weight entries read padding, by running the layer's
+    own unfold on an input of ones padded with zeros (a padded entry multiplies a zero)."""
+    ones = torch.ones(1, lc.in_channels, *lc.input_size, dtype=torch.float64)
+    pads = [p for pair in reversed(lc._pads) for p in pair]
+    padded = torch.nn.functional.pad(ones, pads)
+    windows = padded
+    for d, (k, s, dil) in enumerate(zip(lc.kernel_size, lc.stride, lc.dilation)):
+        windows = windows.unfold(2 + d, dil * (k - 1) + 1, s)[..., ::dil]
+    # windows: (1, C, *out, *k) -> (*out, 1, C, *k), then broadcast over out_channels
+    n = len(lc.kernel_size)
+    perm = [*range(2, 2 + n), 0, 1, *range(2 + n, 2 + 2 * n)]
+    return (windows.permute(perm) == 0).expand(lc.weight.shape)
+
+
+@pytest.mark.parametrize(
+    ("layer_class", "kwargs"),
+    [
+        (LocallyConnected2d, {"kernel_size": 3, "input_size": 5, "padding": 1}),
+        (LocallyConnected2d, {"kernel_size": (2, 3), "input_size": (6, 5), "padding": "same"}),
+        (LocallyConnected2d, {"kernel_size": 3, "input_size": 7, "padding": 2, "stride": 2}),
+        (LocallyConnected2d, {"kernel_size": 3, "input_size": 7, "padding": 2, "dilation": 2}),
+        (LocallyConnected1d, {"kernel_size": 4, "input_size": 9, "padding": (1, 3)}),
+    ],
+)
+def test_weights_facing_only_padding_are_forced_zero_and_stay_so(layer_class, kwargs):
+    torch.manual_seed(0)
+    lc = layer_class(2, 3, zero_padding_weights=True, dtype=torch.float64, **kwargs)
+    plain = layer_class(2, 3, dtype=torch.float64, **kwargs)
+    facing = _padding_reads(plain)
+    assert facing.any()
+    assert torch.equal(lc.weight == 0, facing)
+    free = sum(p.numel() for p in lc.parameters())
+    assert free == sum(p.numel() for p in plain.parameters()) - int(facing.sum())
+    opt = torch.optim.SGD(lc.parameters(), lr=0.1)
+    lc(torch.randn(2, 2, *lc.input_size, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+    assert torch.equal(lc.weight == 0, facing)  # still zero after a step
+    state = lc.state_dict()
+    again = layer_class(2, 3, zero_padding_weights=True, dtype=torch.float64, **kwargs)
+    again.load_state_dict(state)
+    assert torch.equal(again.weight, lc.weight)
+
+
+def test_zero_padding_weights_compose_with_a_tie_that_keeps_them_apart_and_refuse_one_that_mixes():
+    shared = LocallyConnected2d(
+        4, 3, 3, input_size=5, padding=1, zero_padding_weights=True, tie=tt.ShareAlong(3)
+    )
+    assert shared.weight.shape == (5, 5, 3, 4, 3, 3)
+    assert torch.equal(shared.weight, shared.weight[:, :, :, :1].expand_as(shared.weight))
+    for tie in (tt.TileShare(2), tt.KernelSymmetry("D4")):
+        with pytest.raises(tt.errors.ArgumentError, match="cannot be combined"):
+            LocallyConnected2d(2, 3, 3, input_size=6, padding=1, zero_padding_weights=True, tie=tie)
+    tile = tt.TileShare(2)
+    valid = LocallyConnected2d(2, 3, 3, input_size=6, zero_padding_weights=True, tie=tile)
+    assert valid.tie is tile  # no padding: nothing to force
+
+
+def test_zero_where_in_closed_form_equals_the_solved_layout():
+    torch.manual_seed(0)
+    mask = torch.rand(3, 4, 5) > 0.6
+    tie = tt.ZeroWhere(mask)
+    described, solved = tie.layout(mask.shape), tt.Tie.layout(tie, tuple(mask.shape))
+    assert torch.equal(described.index, solved.index) and described.n_free == solved.n_free
+    assert torch.equal(described.sign, solved.sign) and described.n_zero == int(mask.sum())
+    with pytest.raises(tt.errors.ShapeError, match="mask's shape"):
+        tie.layout((3, 4))

@@ -35,6 +35,7 @@ from .ties import (
     SymmetricFlip,
     TileShare,
     Toeplitz,
+    ZeroWhere,
 )
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "TieSummary",
     "TileShare",
     "Toeplitz",
+    "ZeroWhere",
     "bake",
     "dense_state_dict",
     "errors",

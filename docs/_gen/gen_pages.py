@@ -54,6 +54,11 @@ EXAMPLES: list[tuple[str, tuple[int, ...]]] = [
     ("KernelSymmetry('flip_h')", (2, 2, 5, 5)),
     ("KernelSymmetry('flip_v')", (2, 2, 5, 5)),
     ("TileShare(2)", (4, 4, 3, 3)),
+    (
+        "ZeroWhere([[True, False, False, False], [False, True, False, False], "
+        "[False, False, True, False], [False, False, False, True]])",
+        (4, 4),
+    ),
 ]
 
 

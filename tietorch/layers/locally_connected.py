@@ -34,6 +34,7 @@ from .._tie import AllOf, Tie
 from .._torch_compat import original, parametrization_list
 from ..errors import ArgumentError, ShapeError, TieTypeError
 from ..ties.tile_share import TileShare
+from ..ties.zeros import ZeroWhere
 from . import _lc_function as _lc
 from ._arguments import LayerArguments, Padding, bias_tie, parse_arguments
 from ._keras import KerasLayer, KerasPort
@@ -70,6 +71,7 @@ class _LocallyConnectedNd(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         groups: int = 1,
+        zero_padding_weights: bool = False,
     ) -> None:
         super().__init__()
         args = parse_arguments(
@@ -87,7 +89,7 @@ class _LocallyConnectedNd(nn.Module):
             groups=groups,
         )
         weight_shape = (*args.output_size, out_channels, in_channels // groups, *args.kernel_size)
-        self._build(args, weight_shape, bias, tie, device, dtype)
+        self._build(args, weight_shape, bias, tie, device, dtype, zero_padding_weights)
 
     def _build(
         self,
@@ -97,8 +99,10 @@ class _LocallyConnectedNd(nn.Module):
         tie: Tie | None,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
+        zero_padding_weights: bool = False,
     ) -> None:
-        """Keep the checked arguments, create the weight and bias, initialize and tie them."""
+        """Keep the checked arguments, create the weight and bias, initialize and tie them
+        (with ``zero_padding_weights``, the weights that face only padding forced to zero)."""
         self.in_channels = args.in_channels
         self.out_channels = args.out_channels
         self.groups = args.groups
@@ -120,8 +124,57 @@ class _LocallyConnectedNd(nn.Module):
             self.register_parameter("bias", None)
         self.reset_parameters()
         self.tie = None
+        self.zero_padding_weights = zero_padding_weights
+        if zero_padding_weights:
+            tie = self._with_padding_zeros(tie)
         if tie is not None:
             self._apply_tie(tie)
+
+    def _padding_mask(self) -> Tensor:
+        """Which weight entries multiply only padding: at some location, some kernel offset
+        reads outside the input (``o * stride - before + i * dilation`` not in ``[0, L)``)."""
+        out, kernel = self.output_size, self.kernel_size
+        n = len(kernel)
+        mask = torch.zeros((*out, 1, 1, *kernel), dtype=torch.bool)
+        for d, (size, k, s, dil, (before, _)) in enumerate(
+            zip(self.input_size, kernel, self.stride, self.dilation, self._pads)
+        ):
+            p = torch.arange(out[d])[:, None] * s - before + torch.arange(k)[None, :] * dil
+            outside = (p < 0) | (p >= size)  # (out_d, k_d)
+            shape = [1] * (2 * n + 2)
+            shape[d], shape[n + 2 + d] = out[d], k
+            mask = mask | outside.view(shape)
+        return mask.expand(self.weight.shape).contiguous()
+
+    def _with_padding_zeros(self, tie: Tie | None) -> Tie | None:
+        """``tie`` with the weights that face only padding forced to zero (``ZeroWhere``),
+        refused where one of its classes holds both such a weight and one that reads the
+        input: forcing it would zero weights that matter (``TileShare``, a kernel symmetry at
+        the border)."""
+        mask = self._padding_mask()
+        if not bool(mask.any()):
+            return tie  # no padding: nothing faces it
+        zeros = ZeroWhere(mask)
+        if tie is None:
+            return zeros
+        layout = tie.layout(tuple(self.weight.shape))
+        index, flat = layout.index.reshape(-1), mask.reshape(-1)
+        # entries the tie already forces to zero do not count
+        live = torch.ones_like(flat) if layout.sign is None else layout.sign.reshape(-1) != 0
+        facing = torch.bincount(index[flat & live], minlength=layout.n_free) > 0
+        reading = torch.bincount(index[~flat & live], minlength=layout.n_free) > 0
+        mixed = facing & reading
+        if bool(mixed.any()):
+            entry = int(torch.nonzero(flat & live & mixed[index])[0])
+            where = tuple(torch.unravel_index(torch.tensor(entry), self.weight.shape))
+            raise ArgumentError(
+                f"{type(self).__name__}: zero_padding_weights=True cannot be combined with "
+                f"{tie!r}: it ties weights that face only padding to weights that read the "
+                f"input (weight{tuple(int(i) for i in where)} of shape "
+                f"{tuple(self.weight.shape)} is one), so forcing the first to zero would zero "
+                "the others"
+            )
+        return tie & zeros
 
     # ------------------------------------------------------------------ parameters
 
@@ -391,6 +444,7 @@ class LocallyConnected2d(_LocallyConnectedNd):
         layer: KerasLayer,
         *,
         input_size: int | Sequence[int] | None = None,
+        zero_padding_weights: bool = True,
         device: torch.device | str | None = None,
     ) -> LocallyConnected2d:
         """The equivalent layer of a tf_keras ``LocallyConnected2D`` (any implementation, either
@@ -401,7 +455,10 @@ class LocallyConnected2d(_LocallyConnectedNd):
         ``get_build_config()`` and ``get_weights()`` are read: TensorFlow is not imported. The
         input size comes from the built layer (pass ``input_size=`` for a layer that was not
         built by a call). A non-linear activation or a weight constraint is refused, never
-        dropped. See docs/keras.md for the mapping.
+        dropped. With ``zero_padding_weights`` (the default) the weights that face only
+        padding are forced to zero and not parameters, as in Keras (implementation 3 stores
+        none, 2 masks them, 1 has no padding): the parameter count is implementation 3's. See
+        docs/keras.md for the mapping.
 
         Example (the Keras part needs tf_keras, so it is not run here)::
 
@@ -409,7 +466,7 @@ class LocallyConnected2d(_LocallyConnectedNd):
             keras_layer.build((None, 32, 32, 3))
             lc = LocallyConnected2d.from_keras(keras_layer)  # LocallyConnected2d(3, 8, 3, ...)
         """
-        return _ported(cls, layer, input_size, device)
+        return _ported(cls, layer, input_size, zero_padding_weights, device)
 
 
 class LocallyConnected1d(_LocallyConnectedNd):
@@ -448,16 +505,21 @@ class LocallyConnected1d(_LocallyConnectedNd):
         layer: KerasLayer,
         *,
         input_size: int | Sequence[int] | None = None,
+        zero_padding_weights: bool = True,
         device: torch.device | str | None = None,
     ) -> LocallyConnected1d:
         """The equivalent layer of a tf_keras ``LocallyConnected1D``; takes NCL input (for a
         channels_last Keras layer, ``lc(x.transpose(1, 2))`` equals ``keras_layer(x)``
         transposed). As :meth:`LocallyConnected2d.from_keras`."""
-        return _ported(cls, layer, input_size, device)
+        return _ported(cls, layer, input_size, zero_padding_weights, device)
 
 
 def _ported(
-    cls: type[_Layer], layer: KerasLayer, input_size: Any, device: torch.device | str | None
+    cls: type[_Layer],
+    layer: KerasLayer,
+    input_size: Any,
+    zero_padding_weights: bool,
+    device: torch.device | str | None,
 ) -> _Layer:
     """``cls.from_keras``: the layer the Keras layer parses to, its weight and bias copied."""
     port = KerasPort(layer, cls._n, f"{cls.__name__}.from_keras", input_size)
@@ -471,9 +533,14 @@ def _ported(
         bias=port.use_bias,
         device=device,
         dtype=port.torch_dtype(),
+        zero_padding_weights=zero_padding_weights,
     )
     with torch.no_grad():
-        lc.weight.copy_(torch.from_numpy(port.weight))
+        weight = torch.from_numpy(port.weight).to(lc.weight)
+        if parametrize.is_parametrized(lc, "weight"):
+            lc.weight = weight  # the zeros facing padding are zero: projected exactly
+        else:
+            lc.weight.copy_(weight)
         if lc.bias is not None:
             assert port.dense_bias is not None
             lc.bias.copy_(torch.from_numpy(port.dense_bias))

@@ -5,6 +5,7 @@ from .share import ShareAcrossGroups, ShareAlong
 from .structured import Circulant, Hankel, Toeplitz
 from .symmetric import Antisymmetric, Symmetric, SymmetricFlip
 from .tile_share import TileShare
+from .zeros import ZeroWhere
 
 __all__ = [
     "Antisymmetric",
@@ -17,4 +18,5 @@ __all__ = [
     "SymmetricFlip",
     "TileShare",
     "Toeplitz",
+    "ZeroWhere",
 ]
