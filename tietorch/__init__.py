@@ -7,7 +7,7 @@
 True
 """
 
-from . import errors
+from . import errors, groups
 from ._checkpoint import dense_state_dict, load_dense_state_dict
 from ._fast import FastForwardReport, FastPathRow, fast_forward
 from ._group import tie_model, tie_tensors
@@ -27,7 +27,9 @@ from .layers import (
 from .ties import (
     Antisymmetric,
     Circulant,
+    Equivariant,
     Hankel,
+    Invariant,
     KernelSymmetry,
     ShareAcrossGroups,
     ShareAlong,
@@ -44,9 +46,11 @@ __all__ = [
     "AllOf",
     "Antisymmetric",
     "Circulant",
+    "Equivariant",
     "FastForwardReport",
     "FastPathRow",
     "Hankel",
+    "Invariant",
     "LocallyConnected1d",
     "LocallyConnected2d",
     "LocallyConnectedTranspose1d",
@@ -66,6 +70,7 @@ __all__ = [
     "bake",
     "dense_state_dict",
     "errors",
+    "groups",
     "fast_forward",
     "load_dense_state_dict",
     "plot_layout",

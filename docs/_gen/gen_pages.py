@@ -59,6 +59,8 @@ EXAMPLES: list[tuple[str, tuple[int, ...]]] = [
         "[False, False, True, False], [False, False, False, True]])",
         (4, 4),
     ),
+    ("Equivariant([[1, 0, 2, 3], [1, 2, 3, 0]], [[1, 0, 2, 3], [1, 2, 3, 0]])", (4, 4)),
+    ("Invariant([[1, 2, 3, 0]], signs=[[-1, -1, -1, -1]])", (4,)),
 ]
 
 

@@ -19,6 +19,8 @@ Write a hand-made closed-form ``layout()`` *alongside* the ``key`` or ``relation
 check_tie then checks the closed form against that declaration. A tie that overrides only
 ``layout`` can only be checked for well-formedness, projection and gradients.
 
+:func:`check_equivariance` checks that a module commutes with a group action on inputs.
+
 :mod:`tietorch.testing.strategies` has the building blocks: ``shapes_for(tie)``,
 ``thetas(layout)`` and ``tensors_satisfying(tie, shape)``.
 
@@ -38,6 +40,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
 
 from . import strategies
 from ._check import RANK_CHECK_MAX_NUMEL, SHAPES_PER_EXAMPLE, check_tie
+from ._equivariance import check_equivariance
 from ._report import CheckReport, Minimality, ShapeReport
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "CheckReport",
     "Minimality",
     "ShapeReport",
+    "check_equivariance",
     "check_tie",
     "strategies",
 ]

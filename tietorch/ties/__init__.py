@@ -1,5 +1,6 @@
 """The built-in ties, each declared with the same public machinery as a user's own tie."""
 
+from .equivariant import Equivariant, Invariant
 from .kernel import KernelSymmetry
 from .share import ShareAcrossGroups, ShareAlong
 from .structured import Circulant, Hankel, Toeplitz
@@ -10,7 +11,9 @@ from .zeros import ZeroWhere
 __all__ = [
     "Antisymmetric",
     "Circulant",
+    "Equivariant",
     "Hankel",
+    "Invariant",
     "KernelSymmetry",
     "ShareAcrossGroups",
     "ShareAlong",
