@@ -61,6 +61,7 @@ EXAMPLES: list[tuple[str, tuple[int, ...]]] = [
     ),
     ("Equivariant([[1, 0, 2, 3], [1, 2, 3, 0]], [[1, 0, 2, 3], [1, 2, 3, 0]])", (4, 4)),
     ("Invariant([[1, 2, 3, 0]], signs=[[-1, -1, -1, -1]])", (4,)),
+    ("GroupConv('p4', 'regular', 'regular')", (4, 4, 3, 3)),
 ]
 
 

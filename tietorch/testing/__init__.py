@@ -40,7 +40,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
 
 from . import strategies
 from ._check import RANK_CHECK_MAX_NUMEL, SHAPES_PER_EXAMPLE, check_tie
-from ._equivariance import check_equivariance
+from ._equivariance import check_equivariance, field_action
 from ._report import CheckReport, Minimality, ShapeReport
 
 __all__ = [
@@ -51,5 +51,6 @@ __all__ = [
     "ShapeReport",
     "check_equivariance",
     "check_tie",
+    "field_action",
     "strategies",
 ]

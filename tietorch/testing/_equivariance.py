@@ -66,3 +66,39 @@ def check_equivariance(
             f"{float(acted_after[where]):.6g}; atol={atol}, rtol={rtol})"
         )
     return worst
+
+
+def field_action(group: str, rep: str, element: tuple[int, int]) -> Callable[[Tensor], Tensor]:
+    """The action of a p4 / p4m ``element`` ``(m, r)`` on feature maps ``(..., C, H, W)`` of
+    ``rep`` fields (see :class:`tietorch.GroupConv` for the channel order): every map is
+    mirrored ``m`` times (last dim) then rotated ``r`` times by 90 degrees, and in a regular
+    field the channel of group element ``g`` moves to ``element * g``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(8.0).view(1, 8, 1, 1)  # one p4m regular field, 1 x 1 maps
+        >>> field_action("p4m", "regular", (0, 1))(x).flatten().tolist()  # rotation: g -> r g
+        [3.0, 0.0, 1.0, 2.0, 7.0, 4.0, 5.0, 6.0]
+    """
+    from ..ties.group_conv import compose, elements
+
+    group_elements = elements(group)
+    if tuple(element) not in group_elements:
+        raise ArgumentError(f"field_action: {element!r} is not an element of {group!r}")
+    if rep not in ("trivial", "regular"):
+        raise ArgumentError(f"field_action: rep must be 'trivial' or 'regular', got {rep!r}")
+    m, r = element
+    inverse = (1, r) if m else (0, -r % 4)
+    # new channel j reads old channel element^-1 j
+    source = [group_elements.index(compose(inverse, e)) for e in group_elements]
+
+    def act(x: Tensor) -> Tensor:
+        y = x.flip(-1) if m else x
+        y = torch.rot90(y, r, dims=(-2, -1))
+        if rep == "regular":
+            order = len(group_elements)
+            fields = y.unflatten(-3, (y.shape[-3] // order, order))
+            y = fields[..., source, :, :].flatten(-4, -3)
+        return y
+
+    return act

@@ -1,6 +1,7 @@
 """The built-in ties, each declared with the same public machinery as a user's own tie."""
 
 from .equivariant import Equivariant, Invariant
+from .group_conv import GroupConv
 from .kernel import KernelSymmetry
 from .share import ShareAcrossGroups, ShareAlong
 from .structured import Circulant, Hankel, Toeplitz
@@ -12,6 +13,7 @@ __all__ = [
     "Antisymmetric",
     "Circulant",
     "Equivariant",
+    "GroupConv",
     "Hankel",
     "Invariant",
     "KernelSymmetry",
