@@ -47,6 +47,8 @@ Two implementations, same arithmetic:
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -70,14 +72,15 @@ def is_compiling() -> bool:
 
 
 class Geometry(NamedTuple):
-    """Everything that fixes the locations of a 2-d locally connected layer (all ints)."""
+    """Everything that fixes the locations of an n-d locally connected layer (all ints; n = 2
+    for the 1-d and 2-d layers, 3 for the 3-d one)."""
 
-    in_size: tuple[int, int]  # (H, W) of the unpadded input
-    kernel: tuple[int, int]  # (kh, kw)
-    stride: tuple[int, int]
-    padding: tuple[int, int, int, int]  # (top, bottom, left, right)
-    dilation: tuple[int, int]
-    out_size: tuple[int, int]  # (Ho, Wo)
+    in_size: tuple[int, ...]  # (H, W) of the unpadded input; (D, H, W) in 3-d
+    kernel: tuple[int, ...]  # (kh, kw)
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]  # per dim (before, after): (top, bottom, left, right) in 2-d
+    dilation: tuple[int, ...]
+    out_size: tuple[int, ...]  # (Ho, Wo)
 
 
 def output_size(n: int, k: int, s: int, pad_lo: int, pad_hi: int, dil: int) -> int:
@@ -92,18 +95,38 @@ def make_geometry(
     padding: Sequence[int],
     dilation: Sequence[int],
 ) -> Geometry:
-    """Build a ``Geometry``; ``padding`` is ``(top, bottom, left, right)``."""
-    pt, pb, pl, pr = padding
-    ho = output_size(in_size[0], kernel[0], stride[0], pt, pb, dilation[0])
-    wo = output_size(in_size[1], kernel[1], stride[1], pl, pr, dilation[1])
-    return Geometry(
-        (in_size[0], in_size[1]),
-        (kernel[0], kernel[1]),
-        (stride[0], stride[1]),
-        (pt, pb, pl, pr),
-        (dilation[0], dilation[1]),
-        (ho, wo),
+    """Build a ``Geometry``; ``padding`` is ``(before, after)`` per dim, flat (``(top, bottom,
+    left, right)`` in 2-d)."""
+    n = len(in_size)
+    out = tuple(
+        output_size(
+            in_size[d], kernel[d], stride[d], padding[2 * d], padding[2 * d + 1], dilation[d]
+        )
+        for d in range(n)
     )
+    return Geometry(
+        tuple(in_size), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), out
+    )
+
+
+def _rest(sizes: Sequence[int]) -> int:
+    """The positions of one output "row" (every output dim but the first): chunks are rows."""
+    return math.prod(sizes[1:])
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` (batched) is in the channels-last memory format of its rank."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return (
+        fmt is not None and x.shape[0] > 1 and not x.is_contiguous()
+        and x.is_contiguous(memory_format=fmt)
+    )  # fmt: skip
+
+
+def _memory_format(channels_last: bool, ndim: int) -> torch.memory_format:
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last if ndim == 4 else torch.channels_last_3d
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,53 +135,54 @@ def make_geometry(
 
 
 def _to_hwcb(x: Tensor, g: Geometry) -> Tensor:
-    """``x (B, C, H, W)`` -> zero-padded, contiguous ``(H_pad, W_pad, C, B)``."""
-    b, c, h, w = x.shape
-    pt, pb, pl, pr = g.padding
-    if pt == pb == pl == pr == 0:
-        return x.permute(2, 3, 1, 0).contiguous()
-    xt = x.new_zeros(h + pt + pb, w + pl + pr, c, b)
-    xt[pt : pt + h, pl : pl + w] = x.permute(2, 3, 1, 0)
+    """``x (B, C, *S)`` -> zero-padded, contiguous ``(*S_pad, C, B)``."""
+    n = len(g.in_size)
+    order = (*range(2, 2 + n), 1, 0)
+    if not any(g.padding):
+        return x.permute(order).contiguous()
+    padded = [s + g.padding[2 * d] + g.padding[2 * d + 1] for d, s in enumerate(x.shape[2:])]
+    xt = x.new_zeros(*padded, x.shape[1], x.shape[0])
+    xt[_unpadded(g)] = x.permute(order)
     return xt
 
 
+def _unpadded(g: Geometry) -> tuple[slice, ...]:
+    """The input's place inside its padded copy, one slice per spatial dim."""
+    return tuple(slice(g.padding[2 * d], g.padding[2 * d] + s) for d, s in enumerate(g.in_size))
+
+
 def _gather(xt: Tensor, g: Geometry, r0: int, r1: int, out: Tensor | None = None) -> Tensor:
-    """Patches of output rows ``[r0, r1)``: contiguous ``(n*Wo, C*kh*kw, B)``."""
-    _, _, c, b = xt.shape
-    kh, kw = g.kernel
-    sh, sw = g.stride
-    dh, dw = g.dilation
-    wo = g.out_size[1]
+    """Patches of output rows ``[r0, r1)`` (first output dim): contiguous
+    ``(n*rest, C*prod(k), B)``, the patch in the weight's ``(C, *k)`` order."""
+    nd = len(g.in_size)
+    c, b = xt.shape[nd], xt.shape[nd + 1]
     n = r1 - r0
-    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    v = xt.narrow(0, r0 * sh, (n - 1) * sh + span_h)
-    v = v.unfold(0, span_h, sh)[..., ::dh]  # (n, W_pad, C, B, kh)
-    v = v.unfold(1, span_w, sw)[..., ::dw]  # (n, Wo, C, B, kh, kw)
-    v = v.permute(0, 1, 2, 4, 5, 3)  # (n, Wo, C, kh, kw, B), a view
-    if out is None:
-        out = torch.empty((n, wo, c, kh, kw, b), dtype=xt.dtype, device=xt.device)
-    else:
-        out = out.view(n, wo, c, kh, kw, b)
+    spans = [d_ * (k - 1) + 1 for k, d_ in zip(g.kernel, g.dilation)]
+    v = xt.narrow(0, r0 * g.stride[0], (n - 1) * g.stride[0] + spans[0])
+    for d in range(nd):  # each unfold appends its kernel dim: (n, *O_rest, C, B, *k)
+        v = v.unfold(d, spans[d], g.stride[d])[..., :: g.dilation[d]]
+    v = v.permute(*range(nd), nd, *range(nd + 2, 2 * nd + 2), nd + 1)  # (n, *O, C, *k, B)
+    shape = (n, *g.out_size[1:], c, *g.kernel, b)
+    out = torch.empty(shape, dtype=xt.dtype, device=xt.device) if out is None else out.view(shape)
     out.copy_(v)
-    return out.view(n * wo, c * kh * kw, b)
+    return out.view(n * _rest(g.out_size), c * math.prod(g.kernel), b)
 
 
 def _scatter_add(gxt: Tensor, gpt: Tensor, g: Geometry, r0: int, r1: int) -> None:
-    """Adds patch gradients ``gpt (n*Wo, C*kh*kw, B)`` of rows ``[r0, r1)`` into ``gxt``."""
-    _, _, c, b = gxt.shape
-    kh, kw = g.kernel
-    sh, sw = g.stride
-    dh, dw = g.dilation
-    wo = g.out_size[1]
+    """Adds patch gradients ``gpt (n*rest, C*prod(k), B)`` of rows ``[r0, r1)`` into ``gxt``."""
+    nd = len(g.in_size)
+    c, b = gxt.shape[nd], gxt.shape[nd + 1]
     n = r1 - r0
-    gp = gpt.view(n, wo, c, kh, kw, b)
-    for a in range(kh):
-        top = r0 * sh + a * dh
-        rows = slice(top, top + sh * (n - 1) + 1, sh)
-        for d in range(kw):
-            left = d * dw
-            cols = slice(left, left + sw * (wo - 1) + 1, sw)
-            gxt[rows, cols] += gp[:, :, :, a, d, :]
+    gp = gpt.view(n, *g.out_size[1:], c, *g.kernel, b)
+    counts = (n, *g.out_size[1:])
+    starts = (r0 * g.stride[0], *([0] * (nd - 1)))
+    for offset in itertools.product(*(range(k) for k in g.kernel)):
+        target = tuple(
+            slice(start + a * dil, start + a * dil + s * (count - 1) + 1, s)
+            for start, a, dil, s, count in zip(starts, offset, g.dilation, g.stride, counts)
+        )
+        index: tuple[Any, ...] = (Ellipsis, *offset, slice(None))
+        gxt[target] += gp[index]
 
 
 class _Workspace(threading.local):
@@ -220,7 +244,7 @@ def rows_for_budget(
     bytes (default ``SCRATCH_BUDGET``); at least 1."""
     budget = SCRATCH_BUDGET if budget is None else budget
     itemsize = dtype.itemsize
-    per_row = g.out_size[1] * batch * (k + out_channels) * itemsize
+    per_row = _rest(g.out_size) * batch * (k + out_channels) * itemsize
     return max(1, budget // max(per_row, 1))
 
 
@@ -242,14 +266,13 @@ def _forward_core(
     """``(y, xt, channels_last)``: the layer's output, the padded ``(H, W, C, B)`` copy of x
     (what a backward needs) and whether x (and so y) is channels-last."""
     b, c = x.shape[:2]
-    ho, wo = g.out_size
-    oc = weight.shape[2]
-    k = c * g.kernel[0] * g.kernel[1]
-    groups = c // weight.shape[3]  # each group: its own C/G inputs to its own O/G outputs
+    nd = len(g.out_size)
+    ho, wo = g.out_size[0], _rest(g.out_size)  # chunks are rows of the first output dim
+    oc = weight.shape[nd]
+    k = c * math.prod(g.kernel)
+    groups = c // weight.shape[nd + 1]  # each group: its own C/G inputs to its own O/G outputs
     kg, og = k // groups, oc // groups
-    channels_last = (
-        b > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    )
+    channels_last = _channels_last(x)
     w = weight.reshape(ho * wo * groups, og, kg)  # a view for the usual contiguous weight
     bias_l = None if bias is None else bias.reshape(ho * wo * groups, 1, og)
     xt = _to_hwcb(x, g)
@@ -275,10 +298,10 @@ def _forward_core(
             torch.bmm(pt.transpose(1, 2), w[gloc].transpose(1, 2), out=o)
         # (n, G, B, O/G) -> (B, n, O): moves rows of O/G: cheap
         blo[:, loc].view(b, n, groups, og).copy_(o.view(n, groups, b, og).permute(2, 0, 1, 3))
-    y = blo.view(b, ho, wo, oc).permute(0, 3, 1, 2)  # the result, channels-last
+    y = blo.view(b, *g.out_size, oc).permute(0, nd + 1, *range(1, nd + 1))  # channels-last
     if channels_last:
         return y, xt, True
-    out = x.new_empty(b, oc, ho, wo)  # fresh even where the view happens to be contiguous
+    out = x.new_empty(b, oc, *g.out_size)  # fresh even where the view happens to be contiguous
     return out.copy_(y), xt, False  # ATen's fast NHWC -> NCHW transpose
 
 
@@ -298,18 +321,18 @@ def _backward_core(
     each None unless asked for. ``xt`` (the padded ``(H, W, C, B)`` input) is needed only for
     ``grad_w``; ``x_shape`` is ``(C, B)``."""
     c, b = x_shape
-    h, w_in = g.in_size
-    ho, wo = g.out_size
-    oc = weight.shape[2]
-    k = c * g.kernel[0] * g.kernel[1]
-    groups = c // weight.shape[3]
+    nd = len(g.out_size)
+    ho, wo = g.out_size[0], _rest(g.out_size)
+    oc = weight.shape[nd]
+    k = c * math.prod(g.kernel)
+    groups = c // weight.shape[nd + 1]
     kg, og = k // groups, oc // groups
-    pt_, pb_, pl_, pr_ = g.padding
     dtype = grad_out.dtype
     w = weight.reshape(ho * wo * groups, og, kg)
-    # never accumulate in 16-bit floats: the kh*kw overlapping adds go to a float32 buffer
+    # never accumulate in 16-bit floats: the prod(k) overlapping adds go to a float32 buffer
     acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    gxt = grad_out.new_zeros((h + pt_ + pb_, w_in + pl_ + pr_, c, b), dtype=acc) if need_x else None
+    padded = [s + g.padding[2 * d] + g.padding[2 * d + 1] for d, s in enumerate(g.in_size)]
+    gxt = grad_out.new_zeros((*padded, c, b), dtype=acc) if need_x else None
     gw = grad_out.new_empty(ho * wo * groups, og, kg) if need_w else None
     gb = grad_out.new_empty(ho * wo, oc) if need_b else None
     chunks = _row_chunks(ho, rows)
@@ -323,8 +346,9 @@ def _backward_core(
         gl = gbuf[: n * b * oc].view(n * groups, b, og)
         # a strided read into a small contiguous (n, G, B, O/G) buffer: faster than
         # whole-tensor layout changes, and no grad_out-sized temporary
-        go = grad_out[:, :, r0:r1].unflatten(1, (groups, og))  # (B, G, O/G, rows, Wo)
-        gl.view(r1 - r0, wo, groups, b, og).copy_(go.permute(3, 4, 1, 0, 2))
+        go = grad_out[:, :, r0:r1].unflatten(1, (groups, og))  # (B, G, O/G, rows, *rest)
+        order = (*range(3, 3 + nd), 1, 0, 2)
+        gl.view(r1 - r0, *g.out_size[1:], groups, b, og).copy_(go.permute(order))
         if gb is not None:
             torch.sum(gl.view(n, groups, b, og), 2, out=gb[loc].view(n, groups, og))
         if gw is not None:
@@ -339,13 +363,16 @@ def _backward_core(
     del gbuf, pbuf
     grad_x = grad_w = grad_b = None
     if gxt is not None:
-        gxt = gxt[pt_ : pt_ + h, pl_ : pl_ + w_in]
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        grad_x = gxt.permute(3, 2, 0, 1).to(dtype, memory_format=fmt)
+        inner = tuple(
+            slice(g.padding[2 * d], g.padding[2 * d] + s) for d, s in enumerate(g.in_size)
+        )
+        gxt = gxt[inner]
+        fmt = _memory_format(channels_last, nd + 2)
+        grad_x = gxt.permute(nd + 1, nd, *range(nd)).to(dtype, memory_format=fmt)
     if gw is not None:
         grad_w = gw.view(weight.shape)
     if gb is not None:
-        grad_b = gb.view(ho, wo, oc)
+        grad_b = gb.view(*g.out_size, oc)
     return grad_x, grad_w, grad_b
 
 
@@ -371,9 +398,10 @@ class _LocallyConnectedGemm(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         xt, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        nd = len(ctx.geometry.in_size)
         grad_x, grad_w, grad_b = _backward_core(
             xt,
-            (xt.shape[2], xt.shape[3]),
+            (xt.shape[nd], xt.shape[nd + 1]),
             weight,
             grad_out,
             ctx.geometry,
@@ -396,18 +424,14 @@ class _LocallyConnectedTransposeGemm(torch.autograd.Function):
     def forward(
         ctx: Any, y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
     ) -> Tensor:
-        channels_last = (
-            y.shape[0] > 1
-            and not y.is_contiguous()
-            and y.is_contiguous(memory_format=torch.channels_last)
-        )
+        nd = len(g.out_size)
         z, _, _ = _backward_core(
-            None, (weight.shape[3], y.shape[0]), weight, y, g, rows, True, False, False,
-            channels_last,
+            None, (weight.shape[nd + 1], y.shape[0]), weight, y, g, rows, True, False, False,
+            _channels_last(y),
         )  # fmt: skip
         assert z is not None
         if bias is not None:
-            z = z.add_(bias.permute(2, 0, 1))
+            z = z.add_(bias.permute(nd, *range(nd)))
         ctx.save_for_backward(y, weight)
         ctx.geometry = g
         ctx.rows = rows
@@ -427,12 +451,14 @@ class _LocallyConnectedTransposeGemm(torch.autograd.Function):
         if need_w:
             if xt is None:
                 xt = _to_hwcb(grad_z, g)
+            nd = len(g.out_size)
             _, grad_w, _ = _backward_core(
-                xt, (xt.shape[2], xt.shape[3]), weight, y, g, ctx.rows, False, True, False,
-                False,
+                xt, (xt.shape[nd], xt.shape[nd + 1]), weight, y, g, ctx.rows, False, True,
+                False, False,
             )  # fmt: skip
         if need_b and ctx.has_bias:
-            grad_b = grad_z.sum(0).permute(1, 2, 0)
+            nd = len(g.in_size)
+            grad_b = grad_z.sum(0).permute(*range(1, nd + 1), 0)
         return grad_y, grad_w, grad_b, None, None
 
 
@@ -442,20 +468,29 @@ class _LocallyConnectedTransposeGemm(torch.autograd.Function):
 
 
 def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry) -> Tensor:
-    """Plain autograd (``F.unfold`` + ``einsum``): slower, twice differentiable, vmap-able."""
+    """Plain autograd (``F.unfold`` + ``einsum``; in 3-d ``Tensor.unfold`` per dim): slower,
+    twice differentiable, vmap-able."""
     b = x.shape[0]
-    ho, wo = g.out_size
-    oc = weight.shape[2]
-    pt, pb, pl, pr = g.padding
-    if pt or pb or pl or pr:
-        x = F.pad(x, (pl, pr, pt, pb))
-    cols = F.unfold(x, g.kernel, dilation=g.dilation, stride=g.stride)  # (B, K, L)
-    groups = x.shape[1] // weight.shape[3]
-    w = weight.reshape(ho * wo, groups, oc // groups, -1)
+    nd = len(g.out_size)
+    locations = math.prod(g.out_size)
+    oc = weight.shape[nd]
+    if any(g.padding):
+        x = F.pad(x, [p for d in reversed(range(nd)) for p in g.padding[2 * d : 2 * d + 2]])
+    if nd == 2:
+        cols = F.unfold(x, g.kernel, dilation=g.dilation, stride=g.stride)  # (B, K, L)
+    else:
+        v = x
+        for d in range(nd):  # (B, C, *O, *k)
+            span = g.dilation[d] * (g.kernel[d] - 1) + 1
+            v = v.unfold(2 + d, span, g.stride[d])[..., :: g.dilation[d]]
+        v = v.permute(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))  # (B, C, *k, *O)
+        cols = v.reshape(b, -1, locations)
+    groups = x.shape[1] // weight.shape[nd + 1]
+    w = weight.reshape(locations, groups, oc // groups, -1)
     y = torch.einsum("bgkl,lgok->bgol", cols.unflatten(1, (groups, -1)), w).flatten(1, 2)
     if bias is not None:
-        y = y + bias.reshape(ho * wo, oc).t()
-    return y.reshape(b, oc, ho, wo)
+        y = y + bias.reshape(locations, oc).t()
+    return y.reshape(b, oc, *g.out_size)
 
 
 def locally_connected_transpose_unfold(
