@@ -20,6 +20,7 @@ from ._tie import AllOf, Tie
 from .layers import (
     LocallyConnected1d,
     LocallyConnected2d,
+    LocallyConnected3d,
     LocallyConnectedTranspose1d,
     LocallyConnectedTranspose2d,
     unshare,
@@ -55,6 +56,7 @@ __all__ = [
     "Invariant",
     "LocallyConnected1d",
     "LocallyConnected2d",
+    "LocallyConnected3d",
     "LocallyConnectedTranspose1d",
     "LocallyConnectedTranspose2d",
     "KernelSymmetry",

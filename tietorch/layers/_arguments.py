@@ -221,9 +221,9 @@ def parse_arguments(
 
     # the forward layer's geometry: a transposed layer's output is its adjoint's input
     geometry_input = out if transposed else size
-    if n == 2:
+    if n >= 2:
         geometry = _lc.make_geometry(
-            geometry_input, kernel, strides, (*pads[0], *pads[1]), dilations
+            geometry_input, kernel, strides, tuple(p for pair in pads for p in pair), dilations
         )
     else:  # 1-d: a 2-d layer of width 1, so its positions are rows (blocks can chunk them)
         geometry = _lc.make_geometry(

@@ -39,7 +39,7 @@ from . import _lc_function as _lc
 from ._arguments import LayerArguments, Padding, bias_tie, parse_arguments
 from ._keras import KerasLayer, KerasPort
 
-__all__ = ["LocallyConnected1d", "LocallyConnected2d", "free_workspace"]
+__all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d", "free_workspace"]
 
 _Layer = TypeVar("_Layer", bound="_LocallyConnectedNd")
 
@@ -512,6 +512,39 @@ class LocallyConnected1d(_LocallyConnectedNd):
         channels_last Keras layer, ``lc(x.transpose(1, 2))`` equals ``keras_layer(x)``
         transposed). As :meth:`LocallyConnected2d.from_keras`."""
         return _ported(cls, layer, input_size, zero_padding_weights, device)
+
+
+class LocallyConnected3d(_LocallyConnectedNd):
+    __doc__ = (
+        """A 3-d convolution with unshared weights: each output location (a voxel of the output)
+    has its own kernel and its own bias per output channel (volumes: video, medical images,
+    climate grids).
+
+    ``y[b, o, i, j, l] = bias[i, j, l, o] + sum_{c, a, d, e} weight[i, j, l, o, c, a, d, e] *
+    x_pad[b, c, i*sd + a*dd, j*sh + d*dh, l*sw + e*dw]``.
+"""
+        + _CLASS_DOC.format(
+            conv="Conv3d",
+            layout="NCDHW inputs (or an unbatched (C, D, H, W) one)",
+            size="(D, H, W)",
+            budget=_lc.SCRATCH_BUDGET >> 20,
+            tie_examples="``TileShare(t, dims=(0, 1, 2))`` (a tiled convolution over\n            "
+            "the three location dims)",
+            wshape="(D_out, H_out, W_out, out_channels, in_channels, kd, kh, kw)",
+            bshape="(D_out, H_out, W_out, out_channels)",
+        )
+        + """
+    Example:
+        >>> import torch
+        >>> layer = LocallyConnected3d(2, 4, 3, input_size=(5, 6, 6), padding=1)
+        >>> layer.weight.shape
+        torch.Size([5, 6, 6, 4, 2, 3, 3, 3])
+        >>> layer(torch.randn(2, 2, 5, 6, 6)).shape
+        torch.Size([2, 4, 5, 6, 6])
+    """
+    )
+    _n = 3
+    _conv_name = "Conv3d"
 
 
 def _ported(

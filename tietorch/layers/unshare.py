@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from ..errors import TargetError, TieTypeError
-from .locally_connected import LocallyConnected1d, LocallyConnected2d, _LocallyConnectedNd
+from .locally_connected import (
+    LocallyConnected1d,
+    LocallyConnected2d,
+    LocallyConnected3d,
+    _LocallyConnectedNd,
+)
 from .locally_connected_transpose import (
     LocallyConnectedTranspose1d,
     LocallyConnectedTranspose2d,
@@ -24,7 +29,7 @@ __all__ = ["unshare"]
 
 
 def unshare(
-    conv: nn.Conv1d | nn.Conv2d | nn.ConvTranspose1d | nn.ConvTranspose2d,
+    conv: nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d,
     input_size: int | Sequence[int],
     *,
     implementation: str = "auto",
@@ -49,13 +54,14 @@ def unshare(
     classes: list[tuple[type[nn.Module], type[_LocallyConnectedNd]]] = [
         (nn.ConvTranspose2d, LocallyConnectedTranspose2d),
         (nn.ConvTranspose1d, LocallyConnectedTranspose1d),
+        (nn.Conv3d, LocallyConnected3d),
         (nn.Conv2d, LocallyConnected2d),
         (nn.Conv1d, LocallyConnected1d),
     ]
     cls = next((c for t, c in classes if isinstance(conv, t)), None)
     if cls is None:
         raise TieTypeError(
-            "unshare: expected an nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d or "
+            "unshare: expected an nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d or "
             f"nn.ConvTranspose2d, got {type(conv).__name__}"
         )
     if conv.groups != 1 and issubclass(cls, _LocallyConnectedTransposeNd):
