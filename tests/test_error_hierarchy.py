@@ -120,8 +120,12 @@ BAD: list[tuple[str, Callable[[], Any]]] = [
         lambda: tt.unshare(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), (6, 6)),
     ),
     (
-        "unshare grouped transposed",
-        lambda: tt.unshare(nn.ConvTranspose2d(2, 2, 3, groups=2), (6, 6)),
+        "unshare a 3-d transposed conv",
+        lambda: tt.unshare(nn.ConvTranspose3d(2, 2, 3), (6, 6, 6)),
+    ),
+    (
+        "unshare without a size",
+        lambda: tt.unshare(nn.Conv2d(2, 2, 3)),
     ),
     # tietorch.testing
     ("check_tie non-tie", lambda: check_tie(3)),

@@ -24,6 +24,7 @@ from .layers import (
     LocallyConnectedTranspose1d,
     LocallyConnectedTranspose2d,
     unshare,
+    unshare_modules,
 )
 from .ties import (
     Antisymmetric,
@@ -86,4 +87,5 @@ __all__ = [
     "tie_modules",
     "tie_tensors",
     "unshare",
+    "unshare_modules",
 ]

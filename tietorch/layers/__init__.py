@@ -7,7 +7,7 @@ from .locally_connected import (
     free_workspace,
 )
 from .locally_connected_transpose import LocallyConnectedTranspose1d, LocallyConnectedTranspose2d
-from .unshare import unshare
+from .unshare import unshare, unshare_modules
 
 __all__ = [
     "LocallyConnected1d",
@@ -17,4 +17,5 @@ __all__ = [
     "LocallyConnectedTranspose2d",
     "free_workspace",
     "unshare",
+    "unshare_modules",
 ]

@@ -422,12 +422,18 @@ class _LocallyConnectedTransposeGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None
+        ctx: Any,
+        y: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        g: Geometry,
+        rows: int | None,
+        groups: int,
     ) -> Tensor:
         nd = len(g.out_size)
         z, _, _ = _backward_core(
-            None, (weight.shape[nd + 1], y.shape[0]), weight, y, g, rows, True, False, False,
-            _channels_last(y),
+            None, (weight.shape[nd + 1] * groups, y.shape[0]), weight, y, g, rows, True, False,
+            False, _channels_last(y),
         )  # fmt: skip
         assert z is not None
         if bias is not None:
@@ -459,7 +465,7 @@ class _LocallyConnectedTransposeGemm(torch.autograd.Function):
         if need_b and ctx.has_bias:
             nd = len(g.in_size)
             grad_b = grad_z.sum(0).permute(*range(1, nd + 1), 0)
-        return grad_y, grad_w, grad_b, None, None
+        return grad_y, grad_w, grad_b, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,7 +500,7 @@ def locally_connected_unfold(x: Tensor, weight: Tensor, bias: Tensor | None, g: 
 
 
 def locally_connected_transpose_unfold(
-    y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry
+    y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, groups: int = 1
 ) -> Tensor:
     """The adjoint in plain autograd (``einsum`` + ``F.fold``): slower, twice differentiable."""
     b = y.shape[0]
@@ -502,8 +508,10 @@ def locally_connected_transpose_unfold(
     oc = weight.shape[2]
     h, w_in = g.in_size
     pt, pb, pl, pr = g.padding
-    w = weight.reshape(ho * wo, oc, -1)
-    cols = torch.einsum("bol,lok->bkl", y.reshape(b, oc, ho * wo), w)
+    w = weight.reshape(ho * wo, groups, oc // groups, -1)  # (L, G, O/G, C/G * k)
+    cols = torch.einsum("bgol,lgok->bgkl", y.reshape(b, groups, oc // groups, ho * wo), w).flatten(
+        1, 2
+    )  # (B, C * k, L), group-major channels
     z = F.fold(cols, (h + pt + pb, w_in + pl + pr), g.kernel, dilation=g.dilation, stride=g.stride)
     z = z[:, :, pt : pt + h, pl : pl + w_in]
     if bias is not None:
@@ -512,10 +520,15 @@ def locally_connected_transpose_unfold(
 
 
 def locally_connected_transpose_gemm(
-    y: Tensor, weight: Tensor, bias: Tensor | None, g: Geometry, rows: int | None = None
+    y: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    g: Geometry,
+    rows: int | None = None,
+    groups: int = 1,
 ) -> Tensor:
     """The adjoint of ``locally_connected_gemm`` (plus a per-location bias), on its kernels."""
-    return _LocallyConnectedTransposeGemm.apply(y, weight, bias, g, rows)
+    return _LocallyConnectedTransposeGemm.apply(y, weight, bias, g, rows, groups)
 
 
 def locally_connected_gemm(

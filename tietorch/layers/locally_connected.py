@@ -225,13 +225,13 @@ class _LocallyConnectedNd(nn.Module):
         """The channels the GEMM reduces over and produces (the adjoint's, if transposed)."""
         return self.in_channels, self.out_channels
 
-    @staticmethod
-    def _unfold_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry) -> Tensor:
+    def _unfold_kernel(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry
+    ) -> Tensor:
         return _lc.locally_connected_unfold(x, weight, bias, g)
 
-    @staticmethod
     def _gemm_kernel(
-        x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry, rows: int | None
+        self, x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry, rows: int | None
     ) -> Tensor:
         return _lc.locally_connected_gemm(x, weight, bias, g, rows)
 

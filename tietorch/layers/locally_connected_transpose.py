@@ -39,6 +39,7 @@ class _LocallyConnectedTransposeNd(_LocallyConnectedNd):
         implementation: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        groups: int = 1,
     ) -> None:
         nn.Module.__init__(self)
         args = parse_arguments(
@@ -54,29 +55,31 @@ class _LocallyConnectedTransposeNd(_LocallyConnectedNd):
             dilation=dilation,
             implementation=implementation,
             output_padding=output_padding,
+            groups=groups,
         )
         assert args.output_padding is not None
         self.output_padding = args.output_padding
         # the geometry is the one of the layer this one is the adjoint of: its input is our output
         assert args.geometry.out_size[: self._n] == args.input_size[: self._n]
-        weight_shape = (*args.input_size, in_channels, out_channels, *args.kernel_size)
+        # as nn.ConvTranspose: (in, out / groups, *k) at each location
+        weight_shape = (*args.input_size, in_channels, out_channels // groups, *args.kernel_size)
         self._build(args, weight_shape, bias, tie, device, dtype)
 
     def _fan_channels(self) -> int:
-        return self.out_channels  # as nn.ConvTranspose: its weight's dim 1
+        return self.out_channels // self.groups  # as nn.ConvTranspose: its weight's dim 1
 
     def _gemm_channels(self) -> tuple[int, int]:
         return self.out_channels, self.in_channels  # a transposed layer runs the adjoint's GEMM
 
-    @staticmethod
-    def _unfold_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry) -> Tensor:
-        return _lc.locally_connected_transpose_unfold(x, weight, bias, g)
-
-    @staticmethod
-    def _gemm_kernel(
-        x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry, rows: int | None
+    def _unfold_kernel(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry
     ) -> Tensor:
-        return _lc.locally_connected_transpose_gemm(x, weight, bias, g, rows)
+        return _lc.locally_connected_transpose_unfold(x, weight, bias, g, self.groups)
+
+    def _gemm_kernel(
+        self, x: Tensor, weight: Tensor, bias: Tensor | None, g: _lc.Geometry, rows: int | None
+    ) -> Tensor:
+        return _lc.locally_connected_transpose_gemm(x, weight, bias, g, rows, self.groups)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
