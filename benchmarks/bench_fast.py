@@ -21,6 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tietorch as tt
 from benchmarks._common import interleaved_medians, peak_tensor_mib, table
+from benchmarks.bench_streams import LoopAndCat
 
 
 def _step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -36,18 +37,6 @@ def _fast_copy(tied: nn.Module) -> tuple[nn.Module, str]:
     report = tt.fast_forward(fast)
     rules = ", ".join(sorted({row.rule for row in report})) or "none (gathered)"
     return fast, rules
-
-
-class _LoopAndCat(nn.Module):
-    """One filter bank applied to each stream in a loop, outputs concatenated (the seed's
-    workaround for one filter bank over many input streams)."""
-
-    def __init__(self, bank: nn.Conv2d) -> None:
-        super().__init__()
-        self.bank = bank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.bank(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
 
 
 def _case(
@@ -114,7 +103,7 @@ def _streams_case(
     x = torch.randn(batch, streams, side, side)
     plain = nn.Conv2d(streams, streams * bank, 3, groups=streams)
     variants = {
-        "loop + cat": _LoopAndCat(conv),
+        "loop + cat": LoopAndCat(conv),
         "plain grouped Conv2d (untied)": plain,
         "gathered (tied)": tied,
         f"fast: {rule}": fast,

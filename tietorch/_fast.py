@@ -157,12 +157,8 @@ class _Segments:
             out = x.unflatten(dim, (groups * self.classes, size)).sum(dim + 1)
         elif self.kind == "strided" and groups == 1:
             out = x.unflatten(dim, (size, self.classes)).sum(dim)
-        else:
-            if ids is None:  # strided: class c % classes
-                ids = torch.arange(self.columns, device=x.device) % self.classes
-            if groups > 1:
-                offsets = torch.arange(groups, device=ids.device) * self.classes
-                ids = (offsets[:, None] + ids[None, :]).reshape(-1)
+        else:  # ``ids``: the class of every column of every group (laid out at plan time)
+            assert ids is not None and ids.numel() == groups * self.columns
             shape = list(x.shape)
             shape[dim] = groups * self.classes
             out = x.new_zeros(shape).index_add(dim, ids, x)
@@ -531,6 +527,9 @@ def _plan_conv(module: nn.modules.conv._ConvNd, param: TieParametrization) -> Fa
     segments, ids = (None, None) if isinstance(found, str) else found[:2]
     if not isinstance(found, str):
         index, sign = index[:, found[2]], sign[:, found[2]]
+        runs = groups // fold  # the groups the reduced conv still has: their classes kept apart
+        assert ids is not None
+        ids = (torch.arange(runs)[:, None] * found[0].classes + ids[None, :]).reshape(-1)
     bias_in_conv = fold > 1 and _bias_folds(module, fold)
     shape = (rows, index.shape[1], *kernel)
     cpu = _Maps(index.reshape(-1).contiguous(), _maybe_sign(sign.reshape(shape)), ids)

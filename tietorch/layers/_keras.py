@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import ArgumentError, ShapeError, TieTypeError
+from ._lc_function import output_size, window_reads
 
 
 class KerasLayer(Protocol):
@@ -227,7 +228,7 @@ class KerasPort:
         for size, k, s, out, (before, _) in zip(
             self.input_size, self.kernel_size, self.stride, self.output_size, self.pads
         ):
-            p = np.arange(out)[:, None] * s - before + np.arange(k)[None, :]
+            p = window_reads(out, k, s, before, 1).numpy()  # Keras has no dilation
             positions.append(np.clip(p, 0, size - 1))
             inside.append((p >= 0) & (p < size))
         return positions, inside
@@ -247,9 +248,11 @@ class KerasPort:
 
 
 def _keras_output_length(size: int, kernel: int, stride: int, padding: str) -> int:
-    """``conv_utils.conv_output_length`` of tf_keras (no dilation)."""
-    length = size if padding == "same" else size - kernel + 1
-    return (length + stride - 1) // stride
+    """``conv_utils.conv_output_length`` of tf_keras (no dilation): ``ceil(L / s)`` for
+    ``same``, the unpadded conv's count for ``valid``."""
+    if padding == "same":
+        return -(-size // stride)
+    return output_size(size, kernel, stride, 0, 0, 1)
 
 
 def _keras_pads(size: int, kernel: int, stride: int, out: int, padding: str) -> tuple[int, int]:

@@ -88,6 +88,13 @@ def output_size(n: int, k: int, s: int, pad_lo: int, pad_hi: int, dil: int) -> i
     return (n + pad_lo + pad_hi - dil * (k - 1) - 1) // s + 1
 
 
+def window_reads(out: int, k: int, s: int, pad_before: int, dil: int) -> Tensor:
+    """Along one axis, the input position each (output position, kernel offset) reads,
+    ``o * s - pad_before + i * dil``, as an ``(out, k)`` int64 tensor (outside the input: the
+    padding). What both a layer's padding mask and a Keras kernel's layout are read from."""
+    return torch.arange(out)[:, None] * s - pad_before + torch.arange(k)[None, :] * dil
+
+
 def make_geometry(
     in_size: Sequence[int],
     kernel: Sequence[int],

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ from ._keras import KerasLayer, KerasPort
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnected3d", "free_workspace"]
 
-_Layer = TypeVar("_Layer", bound="_LocallyConnectedNd")
+_Portable = TypeVar("_Portable", bound="_KerasPortableNd")
 
 free_workspace = _lc.free_workspace
 
@@ -139,7 +139,7 @@ class _LocallyConnectedNd(nn.Module):
         for d, (size, k, s, dil, (before, _)) in enumerate(
             zip(self.input_size, kernel, self.stride, self.dilation, self._pads)
         ):
-            p = torch.arange(out[d])[:, None] * s - before + torch.arange(k)[None, :] * dil
+            p = _lc.window_reads(out[d], k, s, before, dil)
             outside = (p < 0) | (p >= size)  # (out_d, k_d)
             shape = [1] * (2 * n + 2)
             shape[d], shape[n + 2 + d] = out[d], k
@@ -403,7 +403,70 @@ _CLASS_DOC = """
 """
 
 
-class LocallyConnected2d(_LocallyConnectedNd):
+class _KerasPortableNd(_LocallyConnectedNd):
+    """The forward layers Keras also had (1-d and 2-d): they can be ported from it."""
+
+    @classmethod
+    def from_keras(
+        cls: type[_Portable],
+        layer: KerasLayer,
+        *,
+        input_size: int | Sequence[int] | None = None,
+        zero_padding_weights: bool = True,
+        device: torch.device | str | None = None,
+    ) -> _Portable:
+        """The equivalent layer of a tf_keras ``LocallyConnected1D`` / ``LocallyConnected2D``
+        (any implementation, either data format, ``valid`` or Keras' own ``same``, any
+        strides), weights and bias copied.
+
+        It takes channels-first input: for a channels_last Keras 2-d layer,
+        ``lc(x.permute(0, 3, 1, 2))`` equals ``keras_layer(x)`` permuted to NCHW (1-d:
+        ``x.transpose(1, 2)``). Only ``layer.get_config()``, ``get_build_config()`` and
+        ``get_weights()`` are read: TensorFlow is not imported. The input size comes from the
+        built layer (pass ``input_size=`` for a layer that was not built by a call). A
+        non-linear activation or a weight constraint is refused, never dropped. With
+        ``zero_padding_weights`` (the default) the weights that face only padding are forced
+        to zero and not parameters, as in Keras (implementation 3 stores none, 2 masks them, 1
+        has no padding): the parameter count is implementation 3's. See docs/keras.md for the
+        mapping.
+
+        Example (the Keras part needs tf_keras, so it is not run here)::
+
+            keras_layer = tf_keras.layers.LocallyConnected2D(8, 3, padding="same", implementation=3)
+            keras_layer.build((None, 32, 32, 3))
+            lc = LocallyConnected2d.from_keras(keras_layer)  # LocallyConnected2d(3, 8, 3, ...)
+        """
+        port = KerasPort(layer, cls._n, f"{cls.__name__}.from_keras", input_size)
+        lc = cls(
+            port.in_channels,
+            port.filters,
+            port.kernel_size,
+            port.input_size,
+            stride=port.stride,
+            padding=port.pads,
+            bias=port.use_bias,
+            device=device,
+            dtype=port.torch_dtype(),
+            zero_padding_weights=zero_padding_weights,
+        )
+        with torch.no_grad():  # the zeros facing padding are zero: projected exactly
+            _assign(lc, "weight", torch.from_numpy(port.weight).to(lc.weight))
+            if lc.bias is not None:
+                assert port.dense_bias is not None
+                _assign(lc, "bias", torch.from_numpy(port.dense_bias).to(lc.bias))
+        return lc
+
+
+def _assign(layer: nn.Module, name: str, value: Tensor) -> None:
+    """Set ``layer.<name>`` to ``value`` (under ``no_grad``): through its tie if tied (the
+    projection, exact for a value that satisfies the tie), else in place."""
+    if parametrize.is_parametrized(layer, name):
+        setattr(layer, name, value.contiguous())
+    else:
+        getattr(layer, name).copy_(value)
+
+
+class LocallyConnected2d(_KerasPortableNd):
     __doc__ = (
         """A 2-d convolution with unshared weights: each output location has its own kernel
     and its own bias per output channel.
@@ -438,38 +501,8 @@ class LocallyConnected2d(_LocallyConnectedNd):
     _n = 2
     _conv_name = "Conv2d"
 
-    @classmethod
-    def from_keras(
-        cls,
-        layer: KerasLayer,
-        *,
-        input_size: int | Sequence[int] | None = None,
-        zero_padding_weights: bool = True,
-        device: torch.device | str | None = None,
-    ) -> LocallyConnected2d:
-        """The equivalent layer of a tf_keras ``LocallyConnected2D`` (any implementation, either
-        data format, ``valid`` or Keras' own ``same``, any strides), weights and bias copied.
 
-        It takes NCHW input: for a channels_last Keras layer, ``lc(x.permute(0, 3, 1, 2))``
-        equals ``keras_layer(x)`` permuted to NCHW. Only ``layer.get_config()``,
-        ``get_build_config()`` and ``get_weights()`` are read: TensorFlow is not imported. The
-        input size comes from the built layer (pass ``input_size=`` for a layer that was not
-        built by a call). A non-linear activation or a weight constraint is refused, never
-        dropped. With ``zero_padding_weights`` (the default) the weights that face only
-        padding are forced to zero and not parameters, as in Keras (implementation 3 stores
-        none, 2 masks them, 1 has no padding): the parameter count is implementation 3's. See
-        docs/keras.md for the mapping.
-
-        Example (the Keras part needs tf_keras, so it is not run here)::
-
-            keras_layer = tf_keras.layers.LocallyConnected2D(8, 3, padding="same", implementation=3)
-            keras_layer.build((None, 32, 32, 3))
-            lc = LocallyConnected2d.from_keras(keras_layer)  # LocallyConnected2d(3, 8, 3, ...)
-        """
-        return _ported(cls, layer, input_size, zero_padding_weights, device)
-
-
-class LocallyConnected1d(_LocallyConnectedNd):
+class LocallyConnected1d(_KerasPortableNd):
     __doc__ = (
         """A 1-d convolution with unshared weights: each output position has its own kernel
     and its own bias per output channel.
@@ -498,20 +531,6 @@ class LocallyConnected1d(_LocallyConnectedNd):
     )
     _n = 1
     _conv_name = "Conv1d"
-
-    @classmethod
-    def from_keras(
-        cls,
-        layer: KerasLayer,
-        *,
-        input_size: int | Sequence[int] | None = None,
-        zero_padding_weights: bool = True,
-        device: torch.device | str | None = None,
-    ) -> LocallyConnected1d:
-        """The equivalent layer of a tf_keras ``LocallyConnected1D``; takes NCL input (for a
-        channels_last Keras layer, ``lc(x.transpose(1, 2))`` equals ``keras_layer(x)``
-        transposed). As :meth:`LocallyConnected2d.from_keras`."""
-        return _ported(cls, layer, input_size, zero_padding_weights, device)
 
 
 class LocallyConnected3d(_LocallyConnectedNd):
@@ -545,36 +564,3 @@ class LocallyConnected3d(_LocallyConnectedNd):
     )
     _n = 3
     _conv_name = "Conv3d"
-
-
-def _ported(
-    cls: type[_Layer],
-    layer: KerasLayer,
-    input_size: Any,
-    zero_padding_weights: bool,
-    device: torch.device | str | None,
-) -> _Layer:
-    """``cls.from_keras``: the layer the Keras layer parses to, its weight and bias copied."""
-    port = KerasPort(layer, cls._n, f"{cls.__name__}.from_keras", input_size)
-    lc = cls(
-        port.in_channels,
-        port.filters,
-        port.kernel_size,
-        port.input_size,
-        stride=port.stride,
-        padding=port.pads,
-        bias=port.use_bias,
-        device=device,
-        dtype=port.torch_dtype(),
-        zero_padding_weights=zero_padding_weights,
-    )
-    with torch.no_grad():
-        weight = torch.from_numpy(port.weight).to(lc.weight)
-        if parametrize.is_parametrized(lc, "weight"):
-            lc.weight = weight  # the zeros facing padding are zero: projected exactly
-        else:
-            lc.weight.copy_(weight)
-        if lc.bias is not None:
-            assert port.dense_bias is not None
-            lc.bias.copy_(torch.from_numpy(port.dense_bias))
-    return lc

@@ -22,6 +22,7 @@ from .locally_connected import (
     LocallyConnected1d,
     LocallyConnected2d,
     LocallyConnected3d,
+    _assign,
     _LocallyConnectedNd,
 )
 from .locally_connected_transpose import (
@@ -68,11 +69,7 @@ class _AtEveryLocation(Tie):
 def _at_every_location(tie: Tie, locations: int, what: str) -> Tie:
     """``tie`` (a conv's) for the unshared tensor, or a refusal that says what to pass."""
     if isinstance(tie, AllOf):
-        parts = [_at_every_location(t, locations, what) for t in tie.ties]
-        out = parts[0]
-        for part in parts[1:]:
-            out = out & part
-        return out
+        return AllOf(*(_at_every_location(t, locations, what) for t in tie.ties))
     if tie._declares() == "layout":
         raise ArgumentError(
             f"unshare: the conv's {what} tie {tie!r} is declared by its layout only, which "
@@ -212,15 +209,6 @@ def unshare(
         if conv.bias is not None and layer.bias is not None:
             _assign(layer, "bias", conv.bias.detach().expand_as(layer.bias))
     return layer
-
-
-def _assign(layer: nn.Module, name: str, value: Tensor) -> None:
-    """Set ``layer.<name>`` to ``value``: through its tie if tied (the projection: exact for a
-    kept tie, which the conv's kernel satisfies at every location), else in place."""
-    if parametrize.is_parametrized(layer, name):
-        setattr(layer, name, value.contiguous())
-    else:
-        getattr(layer, name).copy_(value)
 
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
