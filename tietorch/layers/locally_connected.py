@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._layout import gather
+from .._parametrization import TieParametrization
 from .._register import register_tie
 from .._tie import AllOf, Tie
 from .._torch_compat import original, parametrization_list
@@ -36,6 +38,7 @@ from ..errors import ArgumentError, ShapeError, TieTypeError
 from ..ties.tile_share import TileShare
 from ..ties.zeros import ZeroWhere
 from . import _lc_function as _lc
+from . import _tiled
 from ._arguments import LayerArguments, Padding, bias_tie, parse_arguments
 from ._keras import KerasLayer, KerasPort
 
@@ -51,6 +54,9 @@ class _LocallyConnectedNd(nn.Module):
 
     _n: int = 2
     _conv_name: str = "Conv2d"
+    #: Whether a weight tiled over the locations runs as strided convolutions (``_tiled.py``)
+    #: under ``implementation="auto"``; the transposed layers keep their GEMM kernels.
+    _tiles_as_convs: bool = True
     weight: Tensor  # a Parameter, or the tied weight computed from its free vector
     bias: Tensor | None
     tie: Tie | None  # the weight's tie, as given at construction
@@ -249,12 +255,10 @@ class _LocallyConnectedNd(nn.Module):
     def _plan(self, batch: int, dtype: torch.dtype) -> tuple[str, int | None]:
         if self.implementation == "unfold":
             return "unfold", None
-        if (
-            self.implementation == "auto"
-            and not _lc.is_compiling()
-            and torch._C._are_functorch_transforms_active()
-        ):
-            return "unfold", None  # vmap/grad/jvp: the custom Function has no rules for them
+        if self.implementation == "auto" and self._under_functorch():
+            return "unfold", None  # vmap/grad/jvp: the custom Functions have no rules for them
+        if self.implementation == "auto" and self._tiles() is not None:
+            return "conv", None
         g = self._geometry
         c, o = self._gemm_channels()
         rows = _lc.rows_for_budget(g, batch, c * math.prod(self.kernel_size), o, dtype)
@@ -263,6 +267,46 @@ class _LocallyConnectedNd(nn.Module):
         ):
             return "batched", None
         return "chunked", rows
+
+    @staticmethod
+    def _under_functorch() -> bool:
+        return not _lc.is_compiling() and torch._C._are_functorch_transforms_active()
+
+    def _lone_tie(self, name: str) -> TieParametrization | None:
+        """The tie on ``name`` when it is the tensor's only parametrization, else None."""
+        if not parametrize.is_parametrized(self, name):
+            return None
+        plist = parametrization_list(self, name)
+        first = plist[0]
+        return first if len(plist) == 1 and isinstance(first, TieParametrization) else None
+
+    def _tiles(
+        self,
+    ) -> tuple[_tiled.TiledPlan, TieParametrization, TieParametrization | None] | None:
+        """``(plan, weight tie, bias tie)`` where the tied weight repeats over the locations
+        in few enough tiles to run as convolutions, else None. Read from the solved layout
+        (any tie with that structure qualifies) and cached until a tensor is re-tied."""
+        if not self._tiles_as_convs:
+            return None
+        weight = self._lone_tie("weight")
+        if weight is None:
+            return None
+        bias = None if self.bias is None else self._lone_tie("bias")
+        cached = self.__dict__.get("_tiles_cache")
+        if cached is not None and cached[1] is weight and cached[2] is bias:
+            plan = cached[0]
+        else:
+            bias_layout = None
+            if bias is not None:
+                bias_layout = (*bias.layout.part(bias.offset, bias.shape), bias.shape)
+            plan = _tiled.plan_tiles(
+                (*weight.layout.part(weight.offset, weight.shape), weight.shape),
+                bias_layout,
+                self._n,
+            )
+            # held in __dict__, not as attributes: the ties are not submodules of the layer
+            self.__dict__["_tiles_cache"] = (plan, weight, bias)
+        return None if plan is None else (plan, weight, bias)
 
     def _check_input(self, x: Tensor) -> None:
         n, name = self._n, type(self).__name__
@@ -289,6 +333,13 @@ class _LocallyConnectedNd(nn.Module):
         unbatched = x.dim() == self._n + 1
         if unbatched:
             x = x.unsqueeze(0)
+        tiled = self.implementation == "auto" and not self._under_functorch()
+        tiles = self._tiles() if tiled else None
+        y = self._gathered_forward(x) if tiles is None else self._tiled_forward(x, *tiles)
+        return y.squeeze(0) if unbatched else y
+
+    def _gathered_forward(self, x: Tensor) -> Tensor:
+        """The layer on its full (gathered) weight, by the GEMM or unfold kernels."""
         weight, bias = self.weight, self.bias
         x, weight, bias = self._cast(x, weight, bias)
         g = self._geometry
@@ -301,9 +352,42 @@ class _LocallyConnectedNd(nn.Module):
             y = self._unfold_kernel(x, weight, bias, g)
         else:
             y = self._gemm_kernel(x, weight, bias, g, rows)
-        if self._n == 1:
+        return y.squeeze(-1) if self._n == 1 else y
+
+    def _tiled_forward(
+        self,
+        x: Tensor,
+        plan: _tiled.TiledPlan,
+        weight_tie: TieParametrization,
+        bias_tie: TieParametrization | None,
+    ) -> Tensor:
+        """The layer as ``prod(periods)`` strided convolutions on its distinct kernels,
+        gathered straight from the free vector (the full weight is never built)."""
+        theta = weight_tie.free_vector(original(parametrization_list(self, "weight")))
+        k_index, k_sign, b_index, b_sign = plan.placed(theta.device, theta.dtype)
+        assert k_index is not None
+        n = self._n
+        kernels = gather(theta, k_index.reshape(-1), k_sign, (*plan.periods, *weight_tie.shape[n:]))
+        bias: Tensor | None = None
+        if b_index is not None:
+            assert bias_tie is not None
+            free = bias_tie.free_vector(original(parametrization_list(self, "bias")))
+            bias = gather(free, b_index.reshape(-1), b_sign, (*plan.periods, self.out_channels))
+        x, kernels, bias = self._cast(x, kernels, bias)
+        periods = plan.periods
+        if n == 1:  # view as 2-d with width 1, as the GEMM kernels do
+            x, kernels, periods = x.unsqueeze(-1), kernels.unsqueeze(1).unsqueeze(-1), (*periods, 1)
+            bias = None if bias is None else bias.unsqueeze(1)
+        y = _tiled.tiled_conv(
+            x, kernels, bias, self._geometry, periods, self.groups, _lc._channels_last(x)
+        )
+        if n == 1:
             y = y.squeeze(-1)
-        return y.squeeze(0) if unbatched else y
+        if b_index is None and self.bias is not None:  # a bias that does not repeat as tiles
+            _, _, full = self._cast(x, kernels, self.bias)
+            assert full is not None
+            y = y + full.permute(n, *range(n))
+        return y
 
     def _cast(
         self, x: Tensor, weight: Tensor, bias: Tensor | None
@@ -384,7 +468,10 @@ _CLASS_DOC = """
               (``vmap``/``grad``/``jvp``).
 
             ``"auto"`` runs ``"unfold"`` inside ``torch.func`` transforms, where the custom
-            Function has no rules, and the GEMM kernel otherwise, in one block (``"batched"``)
+            Function has no rules; a weight that repeats over the locations in at most 16
+            tiles (``TileShare(t)``, alone or with a kernel tie) as one strided convolution
+            per tile (``"conv"``: the kernels read from the free vector, the full weight never
+            built); and the GEMM kernel otherwise, in one block (``"batched"``)
             when it fits the {budget} MiB budget and in blocks of that size (``"chunked"``)
             when not; ``implementation_for(batch_size)`` tells which. The GEMM kernel is not
             differentiable twice (``create_graph=True`` through it raises): choose

@@ -24,6 +24,8 @@ __all__ = ["LocallyConnectedTranspose1d", "LocallyConnectedTranspose2d"]
 class _LocallyConnectedTransposeNd(_LocallyConnectedNd):
     """The adjoint of a locally connected layer; shares the base's parameter machinery."""
 
+    _tiles_as_convs = False  # tiled transposed layers keep the GEMM kernels
+
     def __init__(
         self,
         in_channels: int,
