@@ -1,8 +1,11 @@
-"""Locally connected layers: speed (forward+backward) and peak memory against nn.Conv2d, the
-forum snippet (https://discuss.pytorch.org/t/locally-connected-layers/26979),
-and plain unfold+einsum.
+"""Locally connected layers: speed (forward+backward) and peak memory against nn.Conv2d, tf_keras'
+LocallyConnected2D (implementation 1 under tf.function, run in the same process where tf_keras
+is installed), the forum snippet (https://discuss.pytorch.org/t/locally-connected-layers/26979)
+and plain unfold+einsum; tiled layers (TileShare) and the transposed layers.
 
 Run: ``python benchmarks/bench_locally_connected.py [--quick]`` (or ``python -m benchmarks``).
+Keras is measured when ``import tf_keras`` works in the running interpreter (an environment
+with torch, tf_keras and TensorFlow); otherwise the run says so and leaves its column out.
 
 Protocol: one training step's forward+backward, ``y.backward(g)``
 with a fixed random ``g``, parameter gradients reset to None before each step; the input does
@@ -20,6 +23,7 @@ buffers are released before the step, so they are counted.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
@@ -32,7 +36,9 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import _keras_lc
 from benchmarks._common import interleaved_medians, peak_tensor_mib, table
+from tietorch import TileShare
 from tietorch.layers import LocallyConnected2d, LocallyConnectedTranspose2d
 from tietorch.layers import _lc_function as _lc
 
@@ -55,12 +61,6 @@ REPEATS = {
     "batch 1": (40, 0),
 }
 FORUM_MAX_PRODUCT = 600 << 20  # bytes of the snippet's broadcast product we accept to run
-# tf-keras 2.21 LocallyConnected2D implementation=1 under tf.function (graph mode, how Keras
-# runs layers in fit), fwd+bwd, no input gradient, measured side by side with nn.Conv2d (3.2 /
-# 2.2 ms) on this machine kind. tf_keras is not installed here (nor a dependency), so these are
-# quoted, not re-measured; compare them through the x Conv2d column, not the absolute ms.
-KERAS_IMPL1_MS = {"main": 5.1, "mid": 10.0}
-KERAS_CONV_MS = {"main": 3.2, "mid": 2.2}
 
 
 class ForumLocallyConnected2d(nn.Module):
@@ -92,8 +92,15 @@ class ForumLocallyConnected2d(nn.Module):
         return out
 
 
+#: the variants that get their input (and output gradient) in channels-last memory
+CHANNELS_LAST = ("nn.Conv2d, channels_last x", "LC auto, channels_last x")
+KERAS = "tf_keras impl 1, tf.function"
+
+
 def build(case: str, channels_last_copy: bool = True):
-    """(x, g, {variant: module}) for a case; every module maps x to g's shape."""
+    """(x, g, {variant: module}) for a case; every module maps x to g's shape. The
+    channels-last variants are separate modules with the same weights (one module run in both
+    layouts makes oneDNN re-create its conv primitive on every switch)."""
     batch, cin, cout, size, k, stride, grad_x = CASES[case]
     torch.manual_seed(0)
     x = torch.randn(batch, cin, size, size, requires_grad=grad_x)
@@ -107,20 +114,20 @@ def build(case: str, channels_last_copy: bool = True):
     mods["unfold+einsum (impl unfold)"] = LocallyConnected2d(
         cin, cout, k, size, stride=stride, implementation="unfold"
     )
-    mods["LC batched"] = LocallyConnected2d(
-        cin, cout, k, size, stride=stride, implementation="batched"
-    )
-    mods["LC chunked"] = LocallyConnected2d(
-        cin, cout, k, size, stride=stride, implementation="chunked"
-    )
+    lc = LocallyConnected2d(cin, cout, k, size, stride=stride, implementation="batched")
+    mods["LC batched"] = lc
+    mods["LC chunked"] = copy.deepcopy(lc)
+    mods["LC chunked"].implementation = "chunked"
     if channels_last_copy:
-        mods["LC auto, channels_last x"] = LocallyConnected2d(cin, cout, k, size, stride=stride)
+        mods["nn.Conv2d, channels_last x"] = copy.deepcopy(conv)
+        mods["LC auto, channels_last x"] = copy.deepcopy(lc)
+        mods["LC auto, channels_last x"].implementation = "auto"
     return x, g, mods
 
 
-def step_fn(module: nn.Module, x: torch.Tensor, g: torch.Tensor):
+def step_fn(module: nn.Module, x: torch.Tensor, g: torch.Tensor, channels_last: bool = False):
     params = list(module.parameters())
-    if isinstance(module, LocallyConnected2d) and module.implementation == "auto":
+    if channels_last:
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
         g = g.contiguous(memory_format=torch.channels_last)
 
@@ -166,13 +173,16 @@ def _rss_peak_mb(step) -> float | None:
 
 
 def memory_worker(case: str) -> None:
-    """Runs in a fresh process: prints {variant: [rss MiB, tensor MiB]} as JSON."""
+    """Runs in a fresh process: prints {variant: [rss MiB, tensor MiB, gradients MiB]} as
+    JSON (the parameters' gradients are part of the step's tensors; the issue's bound is on
+    what a layer needs beyond its own weight and weight gradient)."""
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     x, g, mods = build(case)
     result = {}
     for name, module in mods.items():
-        step = step_fn(module, x, g)
+        step = step_fn(module, x, g, name in CHANNELS_LAST)
         step()  # warm-up: one-time library setup is not the layer's memory
+        grads = sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
         for p in module.parameters():
             p.grad = None
         _lc.free_workspace()  # the LC kernels' reused scratch counts as the step's memory
@@ -180,7 +190,7 @@ def memory_worker(case: str) -> None:
         for p in module.parameters():
             p.grad = None
         _lc.free_workspace()
-        result[name] = [rss, peak_tensor_mib(step)]
+        result[name] = [rss, peak_tensor_mib(step), grads]
     print(json.dumps(result))
 
 
@@ -229,20 +239,28 @@ def run_transposed(quick: bool) -> str:
     return table(["case", "variant", "ms", "x ConvTranspose2d"], rows)
 
 
-def run(quick: bool) -> str:
+def run(quick: bool, keras: bool) -> tuple[str, dict[str, dict[str, float]]]:
+    """The per-variant table, and each case's timings (for the summary)."""
     rows = []
     notes = []
+    all_times = {}
     for case in CASES:
         repeats = REPEATS[case][1 if quick else 0]
         if repeats == 0:
             continue
         x, g, mods = build(case)
-        times = interleaved_medians({n: step_fn(m, x, g) for n, m in mods.items()}, repeats)
+        steps = {n: step_fn(m, x, g, n in CHANNELS_LAST) for n, m in mods.items()}
+        b, cin, cout, size, k, s, grad_x = CASES[case]
+        if keras and case in KERAS_CASES:
+            steps[KERAS] = _keras_lc.keras_step(mods["LC batched"], x, g, torch.get_num_threads())
+        times = interleaved_medians(steps, repeats)
+        all_times[case] = times
         mem = measure_memory(case) if (not quick or case == "main") else {}
         conv = times["nn.Conv2d"]
         forum = times.get("forum snippet")
         for name, ms in times.items():
-            rss, tensors = mem.get(name, [None, None])
+            rss, tensors, grads = mem.get(name, [None, None, None])
+            beyond = None if tensors is None or grads is None else tensors - grads
             rows.append(
                 [
                     case,
@@ -252,23 +270,89 @@ def run(quick: bool) -> str:
                     f"{forum / ms:.1f}x" if forum else "-",
                     "-" if rss is None else round(rss, 1),
                     "-" if tensors is None else round(tensors, 1),
+                    "-" if beyond is None else round(beyond, 1),
                 ]
             )
-        b, cin, cout, size, k, s, _ = CASES[case]
         notes.append(
-            f"{case}: B={b}, {cin}->{cout}, {size}x{size}, k={k}, stride={s}; "
-            f"auto picks {auto_choice(case)}"
+            f"{case}: B={b}, {cin}->{cout}, {size}x{size}, k={k}, stride={s}"
+            f"{', input needs a gradient' if grad_x else ''}; auto picks {auto_choice(case)}"
         )
-        if case in KERAS_IMPL1_MS:
-            picked = times[f"LC {auto_choice(case).split()[0]}"]  # what "auto" runs
-            keras_x = KERAS_IMPL1_MS[case] / KERAS_CONV_MS[case]  # Keras time in Conv2d units
-            notes.append(
-                f"  Keras impl 1, graph mode (quoted: {KERAS_IMPL1_MS[case]} ms = {keras_x:.2f}x "
-                f"Conv2d): Keras time / LC auto time: NCHW {keras_x * conv / picked:.2f}, "
-                f"channels-last {keras_x * conv / times['LC auto, channels_last x']:.2f}"
-            )
-    header = ["case", "variant", "ms", "x Conv2d", "vs forum", "RSS MiB", "tensors MiB"]
-    return table(header, rows) + "\n" + "\n".join(notes)
+    header = [
+        "case", "variant", "ms", "x Conv2d", "vs forum", "RSS MiB", "tensors MiB",
+        "beyond W+grad MiB",
+    ]  # fmt: skip
+    return table(header, rows) + "\n" + "\n".join(notes), all_times
+
+
+#: the cases Keras runs (implementation 1 accepts only padding="valid")
+KERAS_CASES = ("main", "mid")
+
+
+def summary(all_times: dict[str, dict[str, float]], keras: bool) -> str:
+    """The issue's ratios, per case: against Keras graph mode and nn.Conv2d (each in its own
+    input layout and in NCHW), and NCHW against channels-last input."""
+    rows = []
+    for case in KERAS_CASES:
+        t = all_times.get(case)
+        if t is None:
+            continue
+        last = t["LC auto, channels_last x"]
+        auto_nchw = t[f"LC {auto_choice(case).split()[0]}"]  # what "auto" runs on NCHW
+        keras_ms = t.get(KERAS)
+        rows.append(
+            [
+                case,
+                auto_nchw,
+                last,
+                t["nn.Conv2d"],
+                t["nn.Conv2d, channels_last x"],
+                "-" if keras_ms is None else keras_ms,
+                "-" if keras_ms is None else f"{keras_ms / auto_nchw:.2f}",
+                "-" if keras_ms is None else f"{keras_ms / last:.2f}",
+                f"{auto_nchw / t['nn.Conv2d']:.2f}",
+                f"{last / t['nn.Conv2d, channels_last x']:.2f}",
+                f"{auto_nchw / last:.2f}",
+            ]
+        )
+    header = [
+        "case", "LC NCHW ms", "LC ch-last ms", "Conv2d ms", "Conv2d ch-last ms", "Keras ms",
+        "Keras/LC NCHW", "Keras/LC ch-last", "LC/Conv2d NCHW", "LC/Conv2d ch-last",
+        "NCHW/ch-last",
+    ]  # fmt: skip
+    text = table(header, rows)
+    if not keras:
+        text += "\ntf_keras is not installed in this interpreter: Keras was not measured."
+    return text
+
+
+# tiled: (batch, in_channels, out_channels, size, kernel, tile, repeats default, --quick)
+TILED_CASES = {
+    "mid, TileShare(2)": (32, 16, 32, 32, 3, 2, 12, 6),
+    "main, TileShare(2)": (32, 3, 64, 32, 3, 2, 12, 0),
+    "mid, TileShare(4)": (32, 16, 32, 32, 3, 4, 12, 0),
+}
+
+
+def run_tiled(quick: bool) -> str:
+    """A TileShare(t) layer: "auto" (one strided conv per tile) against the GEMM kernels on
+    the same tied weight (what "auto" ran before) and a plain conv of the same shape."""
+    rows = []
+    for case, (b, cin, cout, size, k, tile, repeats, quick_repeats) in TILED_CASES.items():
+        if quick and not quick_repeats:
+            continue
+        torch.manual_seed(0)
+        x = torch.randn(b, cin, size, size)
+        auto = LocallyConnected2d(cin, cout, k, size, tie=TileShare(tile))
+        gemm = copy.deepcopy(auto)
+        gemm.implementation = "chunked"
+        mods = {"nn.Conv2d": nn.Conv2d(cin, cout, k), "LC auto (convs)": auto, "LC GEMM": gemm}
+        g = torch.randn_like(mods["nn.Conv2d"](x))
+        times = interleaved_medians(
+            {n: step_fn(m, x, g) for n, m in mods.items()}, quick_repeats if quick else repeats
+        )
+        for name, ms in times.items():
+            rows.append([case, name, ms, ms / times["nn.Conv2d"], times["LC GEMM"] / ms])
+    return table(["case", "variant", "ms", "x Conv2d", "speed-up vs GEMM"], rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -284,7 +368,15 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"chunk budget {_lc.SCRATCH_BUDGET >> 20} MiB"
     )
-    print(run(args.quick))
+    keras = _keras_lc.available()
+    if keras:
+        print(_keras_lc.version())
+    per_variant, all_times = run(args.quick, keras)
+    print(per_variant)
+    print()
+    print(summary(all_times, keras))
+    print()
+    print(run_tiled(args.quick))
     print()
     print(run_transposed(args.quick))
 
