@@ -426,6 +426,25 @@ class TieLayout:
             layout._n_free = 0
         return layout
 
+    @classmethod
+    def repeated(cls, layout: TieLayout, leading: Sequence[int]) -> TieLayout:
+        """``layout`` repeated independently for every index of ``leading`` dims put in front
+        (a tie that acts on trailing dims only: each leading index has classes of its own).
+        Numbered as the solver numbers them, by each class's first entry in row-major order:
+        class ``c`` of repetition ``r`` is ``r * layout.n_free + c``; entries forced to zero
+        keep index 0.
+
+        >>> kernel = TieLayout(torch.tensor([0, 1, 0]), 2)
+        >>> TieLayout.repeated(kernel, (2,)).index.tolist()
+        [[0, 1, 0], [2, 3, 2]]
+        """
+        leading = tuple(_as_count(s, "TieLayout.repeated: leading") for s in leading)
+        copies = math.prod(leading)
+        base = torch.arange(copies).mul_(layout.n_free).view(copies, 1)
+        index = (base + layout.index.reshape(1, -1)).view(*leading, *layout.shape)
+        sign = None if layout.sign is None else layout.sign.expand(*leading, *layout.shape)
+        return cls(index, copies * layout.n_free, sign)  # forced zeros read index 0 there
+
     def _broadcast_of(self) -> tuple[Shape, tuple[int, ...]] | None:
         """The shape and (sorted) broadcast dims of a :meth:`broadcast` layout, else None
         (layouts pickled before it existed have no such slot)."""

@@ -323,6 +323,42 @@ def _rank_of_representatives(rep: Tensor, live: Tensor | None) -> tuple[Tensor, 
     return rank.index_select(0, rep), n_free
 
 
+def _involution_classes(
+    n: int, constraints: list[_KeyConstraint | _RelationConstraint]
+) -> tuple[Tensor, int, Tensor | None] | None:
+    """The classes in closed form where the declaration is one relation ``W[x] = s[x] *
+    W[t[x]]`` over all entries whose map is an involution (``t[t[x]] == x``: a transpose, a
+    flip, their compositions; ``Symmetric``, ``SymmetricFlip``, ``Antisymmetric`` and a user's
+    tie alike): the classes are the pairs ``{x, t[x]}``, numbered by their smaller entry, as
+    the solver numbers them. An entry is zero where ``x`` and ``t[x]`` carry different signs
+    (``W[x] = -W[x]``), or where ``t[x] == x`` with sign -1. None for any other declaration
+    (checking costs one gather)."""
+    if len(constraints) != 1 or not isinstance(constraints[0], _RelationConstraint):
+        return None
+    relation = constraints[0]
+    target = relation.target
+    if relation.offset != 0 or len(target) != n:
+        return None
+    nodes = torch.arange(n)
+    if not torch.equal(target.index_select(0, target), nodes):
+        return None
+    first = torch.minimum(nodes, target)  # each pair's smaller entry: its representative
+    is_first = first == nodes
+    if relation.sign is None:
+        rank = torch.cumsum(is_first, 0).sub_(1)
+        return rank.index_select(0, first), int(is_first.sum()), None
+    negative = relation.sign < 0
+    dead = (negative != negative.index_select(0, target)) | ((target == nodes) & negative)
+    live_first = is_first & ~dead  # a pair is dead as a whole: both ends see the same test
+    rank = torch.cumsum(live_first, 0).sub_(1)
+    index = rank.index_select(0, first)
+    sign = torch.where(is_first, 1, torch.where(negative, -1, 1)).to(torch.int8)
+    if bool(dead.any()):
+        sign.masked_fill_(dead, 0)
+        index.masked_fill_(dead, 0)
+    return index, int(live_first.sum()), sign
+
+
 def solve(
     n: int, constraints: list[_KeyConstraint | _RelationConstraint]
 ) -> tuple[Tensor, int, Tensor | None]:
@@ -337,6 +373,9 @@ def solve(
     >>> index.tolist(), n_free, sign.tolist()
     ([0, 0, 0], 1, [1, -1, 0])
     """
+    pairs = _involution_classes(n, constraints)
+    if pairs is not None:
+        return pairs
     maps: list[tuple[int, Tensor, Tensor | None]] = []
     signed = any(isinstance(c, _RelationConstraint) and c.sign is not None for c in constraints)
     for constraint in constraints:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
-from .._tie import Tie
+from .._layout import TieLayout
+from .._tie import Tie, cached_layout
 from ..errors import ArgumentError, ShapeError
 from ._dims import Shape
 
@@ -64,6 +67,19 @@ class KernelSymmetry(Tie):
             raise ShapeError("acts on the last two dims; the tensor has fewer")
         if self.group in _NEEDS_SQUARE and shape[-1] != shape[-2]:
             raise ShapeError("needs a square kernel (last two dims equal)")
+
+    def layout(self, shape: Sequence[int]) -> TieLayout:
+        """In closed form: the kernel's classes, solved once on the last two dims, repeated for
+        every index of the leading dims (:meth:`TieLayout.repeated`, numbered as the solver
+        numbers them). On a ``(4096, 7, 7)`` weight that is one 49-entry solve and one index
+        write, not a solve over 200,704 entries."""
+        if type(self).relations is not KernelSymmetry.relations:  # a subclass: solve that
+            return super().layout(shape)
+        return cached_layout(self, shape, self._closed_form)
+
+    def _closed_form(self, shape: Shape) -> TieLayout:
+        kernel = super().layout(shape[-2:])
+        return TieLayout.repeated(kernel, shape[:-2])
 
     def relations(self, *idx: Tensor) -> list[tuple[Tensor, ...]]:
         *rest, a, b = idx
