@@ -39,10 +39,11 @@ def test_a_solved_pair_of_the_same_size_is_refused_with_its_estimate(one_mib: No
 @pytest.mark.parametrize(
     ("tie", "per_entry"),
     [
-        (tietorch.Toeplitz(), 48),  # a key
-        (tietorch.Symmetric(), 48),  # unsigned relations
-        (tietorch.Antisymmetric(), 96),  # signed relations: parities, more rounds
-        (tietorch.Tie.from_relation(lambda i, j: (j, i), sign=-1), 96),
+        (tietorch.Toeplitz(), 48),  # a closed form that builds its index
+        (tietorch.Antisymmetric(), 48),  # the same, signed
+        (tietorch.Tie.from_key(lambda i, j: i - j), 48),  # a key
+        (tietorch.Tie.from_relation(lambda i, j: (j, i)), 48),  # unsigned relations
+        (tietorch.Tie.from_relation(lambda i, j: (j, i), sign=-1), 96),  # parities too
         (tietorch.Symmetric() & tietorch.Antisymmetric(), 96),
     ],
 )

@@ -210,3 +210,33 @@ def test_transpose_ties_take_the_closed_form_with_the_solvers_layout(tie, shape)
     if closed.sign is not None:
         assert torch.equal(closed.sign.reshape(-1), general[2])
     assert torch.equal(target.index_select(0, target), torch.arange(n))  # it is an involution
+
+
+@pytest.mark.parametrize(
+    "tie, shapes",
+    [
+        (tietorch.SymmetricFlip(), [(5, 5, 3, 3), (2, 2, 4, 4), (3, 3, 1, 2)]),
+        (tietorch.SymmetricFlip(sign=-1), [(4, 4, 3, 3), (3, 3, 2, 2)]),
+        (tietorch.SymmetricFlip(dims=(1, 3), flip=0), [(3, 4, 2, 4)]),
+        (tietorch.Symmetric(), [(7, 7), (1, 1)]),
+        (tietorch.Antisymmetric(), [(6, 6), (1, 1)]),
+        (tietorch.Antisymmetric(dims=(2, 0)), [(3, 2, 3)]),
+        (tietorch.Toeplitz(), [(3, 5), (5, 3), (4, 4), (2, 3, 4), (1, 1)]),
+        (tietorch.Toeplitz(dims=(-1, -2)), [(3, 5)]),
+        (tietorch.Toeplitz(dims=(0, 1)), [(3, 4, 2)]),
+        (tietorch.Hankel(), [(3, 5), (5, 3), (2, 2, 4, 3)]),
+        (tietorch.Circulant(), [(4, 4), (3, 5, 5), (1, 1)]),
+    ],
+)
+def test_built_in_closed_forms_equal_the_solver(tie, shapes):
+    """Each built-in tie's closed form (no relation or key evaluated, no solve) gives the
+    solver's layout exactly: classes, numbering, signs, zeros and the checkpoint fingerprint."""
+    for shape in shapes:
+        closed = tie.layout(shape)
+        solved = Tie._solved(tie, shape)  # the declaration evaluated and solved
+        assert closed.n_free == solved.n_free, shape
+        assert torch.equal(closed.index, solved.index), shape
+        assert (closed.sign is None) == (solved.sign is None), shape
+        if closed.sign is not None:
+            assert torch.equal(closed.sign, solved.sign), shape
+        assert closed.fingerprint() == solved.fingerprint(), shape

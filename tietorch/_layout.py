@@ -440,7 +440,7 @@ class TieLayout:
         """
         leading = tuple(_as_count(s, "TieLayout.repeated: leading") for s in leading)
         copies = math.prod(leading)
-        base = torch.arange(copies).mul_(layout.n_free).view(copies, 1)
+        base = torch.arange(copies, device="cpu").mul_(layout.n_free).view(copies, 1)
         index = (base + layout.index.reshape(1, -1)).view(*leading, *layout.shape)
         sign = None if layout.sign is None else layout.sign.expand(*leading, *layout.shape)
         return cls(index, copies * layout.n_free, sign)  # forced zeros read index 0 there

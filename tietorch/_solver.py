@@ -251,7 +251,7 @@ def _components(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The components of the edges ``W[offset + x] = ±W[t[x]]``.
 
-    ``maps`` holds ``(offset, t, odd)`` with ``odd`` an int64 0/1 tensor (1: the relation has
+    ``maps`` holds ``(offset, t, odd)`` with ``odd`` a bool tensor (True: the relation has
     sign -1; None: all +1). Returns each node's root (the smallest node of its component) and,
     with ``signed``, its parity relative to the root (int8) and which roots close an odd cycle
     (their classes are forced to zero; None where none does).
@@ -391,7 +391,7 @@ def solve(
         else:
             target = constraint.target
             if constraint.sign is not None:
-                odd = (constraint.sign < 0).to(torch.long)
+                odd = constraint.sign < 0  # bool: far() adds it to 2 * node in one pass
         maps.append((constraint.offset, target, odd))
 
     root, parity, odd_root = _components(n, maps, signed)

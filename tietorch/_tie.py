@@ -35,6 +35,8 @@ _LAYOUT_CACHE_SIZE = 4  # shapes remembered per tie; a 10^7-entry layout holds ~
 KEY_BYTES_PER_ENTRY = 48
 RELATION_BYTES_PER_ENTRY = 48
 SIGNED_BYTES_PER_ENTRY = 96
+#: what a closed-form layout that builds its index needs (the index and a few temporaries)
+CLOSED_FORM_BYTES_PER_ENTRY = 48
 _CACHE_LOCK = threading.Lock()  # guards every tie's layout cache (solving runs outside it)
 
 
@@ -311,9 +313,15 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def cached_layout(tie: Tie, shape: Sequence[int], build: Callable[[Shape], TieLayout]) -> TieLayout:
-    """``tie``'s layout on ``shape`` from its cache, else checked (``check_shape``), built by
-    ``build`` and cached (the last few shapes). Errors name the tie and the shape."""
+def cached_layout(
+    tie: Tie,
+    shape: Sequence[int],
+    build: Callable[[Shape], TieLayout],
+    bytes_per_entry: int = 0,
+) -> TieLayout:
+    """``tie``'s layout on ``shape`` from its cache, else checked (``check_shape``, and the
+    memory ``build`` needs: ``bytes_per_entry``, 0 for a description that builds no index),
+    built by ``build`` and cached (the last few shapes). Errors name the tie and the shape."""
     with _context(f"{tie!r}.layout"):
         shape = _as_shape(shape)
     with _CACHE_LOCK:
@@ -324,7 +332,7 @@ def cached_layout(tie: Tie, shape: Sequence[int], build: Callable[[Shape], TieLa
             return cache[shape]
     with _context(f"{tie!r} on shape {shape}"):
         checked_shape(tie, shape)
-        check_size(shape, 0)  # a closed form costs nothing, but no tensor has 2**62 entries
+        check_size(shape, bytes_per_entry)  # no tensor has 2**62 entries, even a description
     layout = build(shape)
     with _CACHE_LOCK:
         cache[shape] = layout

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .._layout import TieLayout
-from .._tie import Tie, cached_layout
+from .._layout import TieLayout, on_cpu
+from .._tie import CLOSED_FORM_BYTES_PER_ENTRY, Tie, cached_layout
 from ..errors import ArgumentError, ShapeError
 from ._dims import Shape
 
@@ -75,8 +75,9 @@ class KernelSymmetry(Tie):
         write, not a solve over 200,704 entries."""
         if type(self).relations is not KernelSymmetry.relations:  # a subclass: solve that
             return super().layout(shape)
-        return cached_layout(self, shape, self._closed_form)
+        return cached_layout(self, shape, self._closed_form, CLOSED_FORM_BYTES_PER_ENTRY)
 
+    @on_cpu  # under a meta (or cuda) default device too: layouts live on the CPU
     def _closed_form(self, shape: Shape) -> TieLayout:
         kernel = super().layout(shape[-2:])
         return TieLayout.repeated(kernel, shape[:-2])

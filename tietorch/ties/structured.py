@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
-from .._tie import Tie
+from .._layout import TieLayout, on_cpu
+from .._tie import CLOSED_FORM_BYTES_PER_ENTRY, Tie, cached_layout
 from ..errors import ArgumentError
 from ._dims import Shape, as_dims, require_equal_sizes, resolve_dims
 
@@ -33,6 +35,32 @@ class _TwoDimKey(Tie):
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
         raise NotImplementedError
 
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+        """The class of ``(i, j)`` on an ``m × n`` matrix in closed form, numbered as the
+        solver numbers them (by first entry in row-major order); None: solve the key."""
+        return None
+
+    def layout(self, shape: Sequence[int]) -> TieLayout:
+        """In closed form where ``dims`` are the last two, in order (each leading index a batch
+        of its own: :meth:`TieLayout.repeated`); otherwise the key is solved."""
+        ndim = len(shape)
+        in_range = all(-ndim <= d < ndim for d in self.dims)
+        trailing = in_range and tuple(d % ndim for d in self.dims) == (ndim - 2, ndim - 1)
+        probe = torch.zeros(1, 1, dtype=torch.long, device="cpu")
+        if not trailing or self._class_of(probe, probe, 1, 1) is None:
+            return super().layout(shape)
+        return cached_layout(self, shape, self._closed_form, CLOSED_FORM_BYTES_PER_ENTRY)
+
+    @on_cpu  # under a meta (or cuda) default device too: layouts live on the CPU
+    def _closed_form(self, shape: Shape) -> TieLayout:
+        m, n = shape[-2:]
+        index = self._class_of(torch.arange(m).view(m, 1), torch.arange(n).view(1, n), m, n)
+        assert index is not None
+        index = index.expand(m, n)
+        n_free = int(index.max()) + 1 if index.numel() else 0
+        matrix = TieLayout(index, n_free)
+        return TieLayout.repeated(matrix, shape[:-2]) if len(shape) > 2 else matrix
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dims={self.dims})"
 
@@ -48,6 +76,11 @@ class Toeplitz(_TwoDimKey):
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
         return i - j
 
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+        # diagonal j - i >= 0 first appears in row 0 (class j - i); j - i = -k at (k, 0),
+        # after the n classes of row 0 and the k - 1 earlier rows' new ones
+        return torch.where(j >= i, j - i, n - 1 + i - j)
+
 
 class Hankel(_TwoDimKey):
     """Constant along anti-diagonals: ``W[i, j]`` depends on ``i + j``; m+n-1 free for m×n.
@@ -58,6 +91,11 @@ class Hankel(_TwoDimKey):
     """
 
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
+        return i + j
+
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+        # anti-diagonal i + j first appears in row 0 (i + j < n) or in the last column
+        # (class n - 1 + i there): i + j either way
         return i + j
 
 
@@ -77,3 +115,6 @@ class Circulant(_TwoDimKey):
 
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
         return (j - i) % n
+
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+        return (j - i) % n  # every class appears in row 0, in order

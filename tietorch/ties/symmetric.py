@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
-from .._tie import Tie
+from .._layout import TieLayout, on_cpu
+from .._tie import CLOSED_FORM_BYTES_PER_ENTRY, Tie, cached_layout
 from ..errors import ArgumentError
 from ._dims import Shape, as_dims, require_equal_sizes, resolve_dims
 
@@ -50,6 +53,39 @@ class SymmetricFlip(Tie):
     def check_shape(self, shape: Shape) -> None:
         resolve_dims(self, self.flip, shape)
         require_equal_sizes(self, resolve_dims(self, self.dims, shape), shape, "they are swapped")
+
+    def layout(self, shape: Sequence[int]) -> TieLayout:
+        """In closed form, without evaluating the relation or solving: the map swaps two dims
+        and reverses others, so it is a transpose and a flip of the tensor of flat indices; the
+        classes are the pairs ``{x, g(x)}``, numbered by their smaller entry (as the solver
+        numbers them), and every read of "the other end of the pair" is that same transpose
+        and flip instead of a gather. With ``sign=-1`` the fixed points are zero."""
+        if type(self).relations is not SymmetricFlip.relations:  # a subclass: solve that
+            return super().layout(shape)
+        return cached_layout(self, shape, self._closed_form, CLOSED_FORM_BYTES_PER_ENTRY)
+
+    def _paired(self, t: Tensor) -> Tensor:
+        """``t`` read at the other end of each entry's pair: ``t[g(x)]`` for every ``x``."""
+        ndim = t.dim()
+        i, j = (d % ndim for d in self.dims)
+        flip = sorted({d % ndim for d in self.flip})
+        swapped = t.transpose(i, j)
+        return swapped.flip(flip) if flip else swapped
+
+    @on_cpu  # under a meta (or cuda) default device too: layouts live on the CPU
+    def _closed_form(self, shape: Shape) -> TieLayout:
+        nodes = torch.arange(math.prod(shape)).view(shape)
+        other = self._paired(nodes)
+        first = nodes <= other  # x is its pair's smaller entry (a fixed point is its own)
+        sign = None
+        if self._sign == -1:
+            fixed = nodes == other  # W[x] = -W[x]
+            first &= ~fixed
+            sign = torch.where(first, 1, -1).to(torch.int8).masked_fill_(fixed, 0)
+        rank = torch.cumsum(first.view(-1), 0).view(shape).sub_(1)
+        index = torch.where(first, rank, self._paired(rank))
+        n_free = int(rank.view(-1)[-1]) + 1 if rank.numel() else 0
+        return TieLayout(index, n_free, sign)  # forced zeros read index 0 there
 
     def relations(self, *idx: Tensor) -> tuple[Tensor, ...]:
         ndim = len(idx)
