@@ -207,13 +207,22 @@ class _Forest:
         back = self.far(u, v & 1) if self.signed else u
         self.code.scatter_reduce_(0, self.node(v), back, "amin")
 
-    def contract(self, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """The edges moved onto the roots of their ends (after :meth:`settle`)."""
+    def contract(self, edges: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The edges ``[u, v]`` moved onto the roots of their ends (after :meth:`settle`).
+
+        Takes the list's tensors (it is emptied) and reuses them: the old edges are freed as
+        soon as they are read, so the edge lists are held about twice at the peak, not four
+        times (they are the solve's largest tensors)."""
+        u, v = edges
+        edges.clear()
         near = self.code.index_select(0, u)
+        del u
         far = self.code.index_select(0, self.node(v))
         if not self.signed:
             return near, far
-        return near >> 1, far ^ ((near ^ v) & 1)
+        far.bitwise_xor_(v.bitwise_xor_(near).bitwise_and_(1))  # parities composed, in place
+        del v
+        return near.bitwise_right_shift_(1), far
 
     def root_and_parity(self) -> tuple[Tensor, Tensor | None]:
         """After :meth:`resolve`: each node's root, and its parity (None when unsigned)."""
@@ -222,13 +231,16 @@ class _Forest:
         return self.code >> 1, (self.code & 1).to(torch.int8)
 
 
-def _hook_and_contract(forest: _Forest, u: Tensor, v: Tensor, closed_odd: list[Tensor]) -> None:
-    """Finish the components of the star forest ``forest`` plus the edges ``u``-``v`` between
-    its roots (``v`` a far-end code).
+def _hook_and_contract(forest: _Forest, edges: list[Tensor], closed_odd: list[Tensor]) -> None:
+    """Finish the components of the star forest ``forest`` plus the edges ``[u, v]`` between
+    its roots (``v`` a far-end code). The list is emptied: its tensors are consumed (written
+    over), so the caller keeps no reference that would hold them in memory.
 
     Edges that close a cycle of odd parity are the contradictions: the root each closes on is
     appended to ``closed_odd``.
     """
+    u, v = edges
+    edges.clear()
     while True:
         closed = u == forest.node(v)
         if forest.signed:
@@ -243,7 +255,9 @@ def _hook_and_contract(forest: _Forest, u: Tensor, v: Tensor, closed_odd: list[T
         del keep, closed
         forest.hook(u, v)
         forest.settle()
-        u, v = forest.contract(u, v)
+        edges = [u, v]
+        del u, v
+        u, v = forest.contract(edges)
 
 
 def _components(
@@ -261,32 +275,43 @@ def _components(
     """
     forest = _Forest(n_nodes, signed)
     code = forest.code
-    fars = []
     for offset, target, odd in maps:
         far = forest.far(target, odd)
         near = code[offset : offset + len(target)]  # a view: hooking writes into code
         torch.minimum(near, far, out=near)
+        del far
         back = forest.far(torch.arange(offset, offset + len(target)), odd)
         code.scatter_reduce_(0, target, back, "amin")
         del back
-        fars.append(far)
     forest.settle()
-    us, vs = [], []
-    for (offset, target, _), far in zip(maps, fars):
-        near_code = forest.code[offset : offset + len(target)]
-        us.append(forest.node(near_code))
-        vs.append(
-            forest.jump(
-                far ^ (near_code & 1) if signed else far, forest.code.index_select(0, target)
+    # The edges moved onto the roots, written straight into one preallocated list (no
+    # per-map lists joined by a copy, no far codes kept from the first round: at 10^7 entries
+    # and two maps those were 48 bytes per entry of the peak).
+    total = sum(len(target) for _, target, _ in maps)
+    u = torch.empty(total, dtype=torch.long)
+    v = torch.empty(total, dtype=torch.long)
+    start = 0
+    for offset, target, odd in maps:
+        size = len(target)
+        near_code = forest.code[offset : offset + size]
+        if not signed:
+            u[start : start + size] = near_code
+            torch.index_select(forest.code, 0, target, out=v[start : start + size])
+        else:
+            # the far end's root code, its parity composed with the edge's and the near end's
+            flips = near_code & 1
+            if odd is not None:
+                flips.bitwise_xor_(odd)
+            torch.bitwise_xor(
+                forest.code.index_select(0, target), flips, out=v[start : start + size]
             )
-        )
-    del fars
-    u = torch.cat(us) if len(us) > 1 else us[0]
-    v = torch.cat(vs) if len(vs) > 1 else vs[0]
-    del us, vs
+            del flips
+            torch.bitwise_right_shift(near_code, 1, out=u[start : start + size])
+        start += size
     closed_odd: list[Tensor] = []
-    _hook_and_contract(forest, u, v, closed_odd)
+    edges = [u, v]
     del u, v
+    _hook_and_contract(forest, edges, closed_odd)
     forest.resolve()
     root, parity = forest.root_and_parity()
     if not signed:
@@ -308,7 +333,7 @@ def connected_components(n_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
     """
     forest = _Forest(n_nodes, signed=False)
     forest.settle()
-    _hook_and_contract(forest, src, dst, [])
+    _hook_and_contract(forest, [src, dst.clone()], [])  # the far ends are written over
     forest.resolve()
     return forest.code
 
