@@ -140,11 +140,17 @@ def step_fn(module: nn.Module, x: torch.Tensor, g: torch.Tensor, channels_last: 
     return step
 
 
-def auto_choice(case: str) -> str:
+def auto_plan(case: str) -> tuple[str, int | None, int]:
+    """What "auto" runs on a case: the implementation, rows per chunk and output rows."""
     batch, cin, cout, size, k, stride, _ = CASES[case]
     layer = LocallyConnected2d(cin, cout, k, size, stride=stride)
     name, rows = layer._plan(batch, torch.float32)
-    return name if rows is None else f"{name} ({rows} of {layer.output_size[0]} rows/chunk)"
+    return name, rows, layer.output_size[0]
+
+
+def auto_choice(case: str) -> str:
+    name, rows, out_rows = auto_plan(case)
+    return name if rows is None else f"{name} ({rows} of {out_rows} rows/chunk)"
 
 
 # ------------------------------------------------------------------------------ memory
@@ -297,7 +303,7 @@ def summary(all_times: dict[str, dict[str, float]], keras: bool) -> str:
         if t is None:
             continue
         last = t["LC auto, channels_last x"]
-        auto_nchw = t[f"LC {auto_choice(case).split()[0]}"]  # what "auto" runs on NCHW
+        auto_nchw = t[f"LC {auto_plan(case)[0]}"]  # what "auto" runs on NCHW
         keras_ms = t.get(KERAS)
         rows.append(
             [

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import tietorch
 from tietorch import LocallyConnected1d, LocallyConnected2d, LocallyConnected3d, TileShare
-from tietorch.layers import _tiled
 
 DT = torch.float64
 
@@ -174,7 +173,6 @@ def test_when_auto_keeps_the_gemm_kernels():
     assert explicit.implementation_for(4) == "chunked"
     transposed = tietorch.layers.LocallyConnectedTranspose2d(2, 2, 3, 10, tie=TileShare(2))
     assert transposed.implementation_for(4) == "batched"
-    assert _tiled.MAX_TILES == 16
 
 
 def test_retying_replans():

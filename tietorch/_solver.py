@@ -22,6 +22,7 @@ doubled graph of ``2n`` nodes (``+x`` and ``-x``) with twice the edges.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -348,15 +349,42 @@ def _rank_of_representatives(rep: Tensor, live: Tensor | None) -> tuple[Tensor, 
     return rank.index_select(0, rep), n_free
 
 
+def pair_classes(
+    nodes: Tensor, paired: Callable[[Tensor], Tensor], negative: Tensor | None
+) -> tuple[Tensor, int, Tensor | None]:
+    """The classes of ``W[x] = s[x] * W[g(x)]`` for an involution ``g`` (``g(g(x)) == x``: a
+    transpose, a flip, their compositions): the pairs ``{x, g(x)}``, numbered by their smaller
+    entry, which has sign +1, as the solver numbers them. A pair is zero where its two ends
+    carry different signs (``W[x] = -W[x]``), or where ``g(x) == x`` with sign -1.
+
+    ``nodes``: each entry's flat index, in any shape; ``paired(t)``: ``t`` read at the other end
+    of every pair (``t[g(x)]`` for each ``x``: a gather, or a transpose and flip of ``t``);
+    ``negative``: where ``s = -1`` (a bool tensor shaped like ``nodes``, or a 0-d one for a
+    constant sign; None: all +1). Returns ``(index, n_free, sign)`` shaped like ``nodes``.
+    """
+    other = paired(nodes)
+    first = nodes <= other  # the pair's smaller entry (a fixed point is its own)
+    sign = None
+    if negative is not None:
+        dead = (other == nodes) & negative
+        if negative.dim():  # per-entry signs: the two ends may disagree
+            dead |= negative != paired(negative)
+        first &= ~dead  # a pair is dead as a whole: both ends see the same test
+        sign = torch.where(first, 1, torch.where(negative, -1, 1)).to(torch.int8)
+        sign.masked_fill_(dead, 0)
+    rank = torch.cumsum(first.reshape(-1), 0).view(first.shape).sub_(1)
+    index = torch.where(first, rank, paired(rank))
+    if sign is not None:
+        index.masked_fill_(sign == 0, 0)  # forced zeros read parameter 0
+    n_free = int(rank.reshape(-1)[-1]) + 1 if rank.numel() else 0
+    return index, n_free, sign
+
+
 def _involution_classes(
     n: int, constraints: list[_KeyConstraint | _RelationConstraint]
 ) -> tuple[Tensor, int, Tensor | None] | None:
-    """The classes in closed form where the declaration is one relation ``W[x] = s[x] *
-    W[t[x]]`` over all entries whose map is an involution (``t[t[x]] == x``: a transpose, a
-    flip, their compositions; ``Symmetric``, ``SymmetricFlip``, ``Antisymmetric`` and a user's
-    tie alike): the classes are the pairs ``{x, t[x]}``, numbered by their smaller entry, as
-    the solver numbers them. An entry is zero where ``x`` and ``t[x]`` carry different signs
-    (``W[x] = -W[x]``), or where ``t[x] == x`` with sign -1. None for any other declaration
+    """:func:`pair_classes` where the declaration is one relation over all entries whose map
+    is an involution (a user's tie of that structure); None for any other declaration
     (checking costs one gather)."""
     if len(constraints) != 1 or not isinstance(constraints[0], _RelationConstraint):
         return None
@@ -367,21 +395,8 @@ def _involution_classes(
     nodes = torch.arange(n)
     if not torch.equal(target.index_select(0, target), nodes):
         return None
-    first = torch.minimum(nodes, target)  # each pair's smaller entry: its representative
-    is_first = first == nodes
-    if relation.sign is None:
-        rank = torch.cumsum(is_first, 0).sub_(1)
-        return rank.index_select(0, first), int(is_first.sum()), None
-    negative = relation.sign < 0
-    dead = (negative != negative.index_select(0, target)) | ((target == nodes) & negative)
-    live_first = is_first & ~dead  # a pair is dead as a whole: both ends see the same test
-    rank = torch.cumsum(live_first, 0).sub_(1)
-    index = rank.index_select(0, first)
-    sign = torch.where(is_first, 1, torch.where(negative, -1, 1)).to(torch.int8)
-    if bool(dead.any()):
-        sign.masked_fill_(dead, 0)
-        index.masked_fill_(dead, 0)
-    return index, int(live_first.sum()), sign
+    negative = None if relation.sign is None else relation.sign < 0
+    return pair_classes(nodes, lambda t: t.index_select(0, target), negative)
 
 
 def solve(

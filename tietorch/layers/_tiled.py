@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._lc_function import Geometry
+from ._lc_function import Geometry, _channels_last, _memory_format
 
 __all__: list[str] = []
 
@@ -208,12 +208,6 @@ class _Weave(NamedTuple):
         return [tuple(slice(i, None, p) for i, p in zip(r, self.periods)) for r in residues]
 
 
-def _format(channels_last: bool, nd: int) -> torch.memory_format:
-    if not channels_last:
-        return torch.contiguous_format
-    return torch.channels_last if nd == 2 else torch.channels_last_3d
-
-
 class _Interleave(torch.autograd.Function):
     """The residues' conv outputs woven into the layer's output, one copy each way.
 
@@ -228,13 +222,13 @@ class _Interleave(torch.autograd.Function):
     def forward(ctx: Any, weave: _Weave, *outs: Tensor) -> Tensor:
         first = outs[0]
         nd = len(weave.periods)
-        fmt = _format(weave.channels_last, nd)
+        fmt = _memory_format(weave.channels_last, nd + 2)
         shape = (first.shape[0], first.shape[1], *weave.out_size)
         y = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=fmt)
         for out, ours, target in zip(outs, weave.ours, weave.targets()):
             y[_spatial(target)].copy_(out[_spatial(ours)])
         ctx.weave = weave
-        ctx.shapes = [(out.shape, _channels_last_like(out)) for out in outs]
+        ctx.shapes = [(out.shape, _channels_last(out)) for out in outs]  # as the conv chose
         return y
 
     @staticmethod
@@ -244,7 +238,7 @@ class _Interleave(torch.autograd.Function):
         nd = len(weave.periods)
         grads: list[Tensor | None] = [None]
         for (shape, last), ours, target in zip(ctx.shapes, weave.ours, weave.targets()):
-            fmt = _format(last, nd)
+            fmt = _memory_format(last, nd + 2)
             g = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=fmt)
             everywhere = [slice(None)] * nd
             for d, part in enumerate(ours):  # the conv's outputs that are not ours: zero
@@ -258,12 +252,3 @@ class _Interleave(torch.autograd.Function):
 def _spatial(parts: tuple[slice, ...] | list[slice]) -> tuple[slice, ...]:
     """An index that takes ``parts`` of the spatial dims of a ``(B, C, *spatial)`` tensor."""
     return (slice(None), slice(None), *parts)
-
-
-def _channels_last_like(t: Tensor) -> bool:
-    """Whether the conv returned a channels-last tensor (it follows its input's layout)."""
-    return (
-        t.dim() in (4, 5)
-        and not t.is_contiguous()
-        and t.is_contiguous(memory_format=_format(True, t.dim() - 2))
-    )

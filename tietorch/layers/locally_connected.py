@@ -296,13 +296,12 @@ class _LocallyConnectedNd(nn.Module):
         if cached is not None and cached[1] is weight and cached[2] is bias:
             plan = cached[0]
         else:
-            bias_layout = None
-            if bias is not None:
-                bias_layout = (*bias.layout.part(bias.offset, bias.shape), bias.shape)
+
+            def laid_out(tie: TieParametrization) -> tuple[Tensor, Tensor | None, tuple[int, ...]]:
+                return (*tie.layout.part(tie.offset, tie.shape), tie.shape)
+
             plan = _tiled.plan_tiles(
-                (*weight.layout.part(weight.offset, weight.shape), weight.shape),
-                bias_layout,
-                self._n,
+                laid_out(weight), None if bias is None else laid_out(bias), self._n
             )
             # held in __dict__, not as attributes: the ties are not submodules of the layer
             self.__dict__["_tiles_cache"] = (plan, weight, bias)

@@ -35,10 +35,10 @@ class _TwoDimKey(Tie):
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
         raise NotImplementedError
 
-    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor:
         """The class of ``(i, j)`` on an ``m × n`` matrix in closed form, numbered as the
-        solver numbers them (by first entry in row-major order); None: solve the key."""
-        return None
+        solver numbers them (by first entry in row-major order)."""
+        raise NotImplementedError
 
     def layout(self, shape: Sequence[int]) -> TieLayout:
         """In closed form where ``dims`` are the last two, in order (each leading index a batch
@@ -46,16 +46,15 @@ class _TwoDimKey(Tie):
         ndim = len(shape)
         in_range = all(-ndim <= d < ndim for d in self.dims)
         trailing = in_range and tuple(d % ndim for d in self.dims) == (ndim - 2, ndim - 1)
-        probe = torch.zeros(1, 1, dtype=torch.long, device="cpu")
-        if not trailing or self._class_of(probe, probe, 1, 1) is None:
-            return super().layout(shape)
+        own_key = type(self).key is _TwoDimKey.key and type(self)._diagonal in _CLOSED_FORMS
+        if not trailing or not own_key:
+            return super().layout(shape)  # other dims, or a subclass's own key: solve that
         return cached_layout(self, shape, self._closed_form, CLOSED_FORM_BYTES_PER_ENTRY)
 
     @on_cpu  # under a meta (or cuda) default device too: layouts live on the CPU
     def _closed_form(self, shape: Shape) -> TieLayout:
         m, n = shape[-2:]
         index = self._class_of(torch.arange(m).view(m, 1), torch.arange(n).view(1, n), m, n)
-        assert index is not None
         index = index.expand(m, n)
         n_free = int(index.max()) + 1 if index.numel() else 0
         matrix = TieLayout(index, n_free)
@@ -76,7 +75,7 @@ class Toeplitz(_TwoDimKey):
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
         return i - j
 
-    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor:
         # diagonal j - i >= 0 first appears in row 0 (class j - i); j - i = -k at (k, 0),
         # after the n classes of row 0 and the k - 1 earlier rows' new ones
         return torch.where(j >= i, j - i, n - 1 + i - j)
@@ -93,7 +92,7 @@ class Hankel(_TwoDimKey):
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
         return i + j
 
-    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor:
         # anti-diagonal i + j first appears in row 0 (i + j < n) or in the last column
         # (class n - 1 + i there): i + j either way
         return i + j
@@ -116,5 +115,9 @@ class Circulant(_TwoDimKey):
     def _diagonal(self, i: Tensor, j: Tensor, n: int) -> Tensor:
         return (j - i) % n
 
-    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor | None:
+    def _class_of(self, i: Tensor, j: Tensor, m: int, n: int) -> Tensor:
         return (j - i) % n  # every class appears in row 0, in order
+
+
+# the keys whose classes _class_of gives in closed form (a subclass with its own is solved)
+_CLOSED_FORMS = (Toeplitz._diagonal, Hankel._diagonal, Circulant._diagonal)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._layout import TieLayout, on_cpu
+from .._solver import pair_classes
 from .._tie import CLOSED_FORM_BYTES_PER_ENTRY, Tie, cached_layout
 from ..errors import ArgumentError
 from ._dims import Shape, as_dims, require_equal_sizes, resolve_dims
@@ -75,17 +76,9 @@ class SymmetricFlip(Tie):
     @on_cpu  # under a meta (or cuda) default device too: layouts live on the CPU
     def _closed_form(self, shape: Shape) -> TieLayout:
         nodes = torch.arange(math.prod(shape)).view(shape)
-        other = self._paired(nodes)
-        first = nodes <= other  # x is its pair's smaller entry (a fixed point is its own)
-        sign = None
-        if self._sign == -1:
-            fixed = nodes == other  # W[x] = -W[x]
-            first &= ~fixed
-            sign = torch.where(first, 1, -1).to(torch.int8).masked_fill_(fixed, 0)
-        rank = torch.cumsum(first.view(-1), 0).view(shape).sub_(1)
-        index = torch.where(first, rank, self._paired(rank))
-        n_free = int(rank.view(-1)[-1]) + 1 if rank.numel() else 0
-        return TieLayout(index, n_free, sign)  # forced zeros read index 0 there
+        negative = torch.tensor(True) if self._sign == -1 else None
+        index, n_free, sign = pair_classes(nodes, self._paired, negative)
+        return TieLayout(index, n_free, sign)
 
     def relations(self, *idx: Tensor) -> tuple[Tensor, ...]:
         ndim = len(idx)
