@@ -637,3 +637,24 @@ def test_an_llm_sized_share_along_is_planned_without_its_index():
     tt.register_tie(lin, "weight", tt.ShareAlong(1))
     assert [row.rule for row in tt.fast_forward(lin)] == ["segment-sum"]
     assert lin.parametrizations.weight[0].layout._index is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (nn.Linear(256, 256), tt.Circulant()),
+        lambda: (nn.Linear(32, 32), tt.Tie.from_key(lambda i, j: (i == j).long())),
+        lambda: (nn.Conv2d(8, 4, 3), tt.ShareAlong(1)),
+    ],
+)
+def test_an_input_of_the_wrong_size_raises_as_the_plain_layer_does(make):
+    """A plan would not always notice a wrong feature size (an FFT pads its input, a * x +
+    b * sum(x) takes any size): such an input gets the plain layer's own error."""
+    layer, tie = make()
+    tt.register_tie(layer, "weight", tie)
+    assert len(tt.fast_forward(layer)) == 1
+    wrong = torch.randn(300, 255) if isinstance(layer, nn.Linear) else torch.randn(2, 7, 9, 9)
+    if isinstance(layer, nn.Linear) and layer.in_features == 32:
+        wrong = torch.randn(4, 31)
+    with pytest.raises(RuntimeError):
+        layer(wrong)

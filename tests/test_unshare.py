@@ -156,3 +156,27 @@ def test_grouped_transposed_layers_are_adjoints(impl):
     y = torch.randn(2, 4, *lc.output_size, dtype=torch.float64)
     with torch.no_grad():
         assert abs(float((y * lc(x)).sum() - (lct(y) * x).sum())) < 1e-11
+
+
+@pytest.mark.parametrize(
+    "inner, kernel",
+    [
+        (tt.KernelSymmetry("D4"), (4, 3, 3, 3)),
+        (tt.SymmetricFlip(sign=-1), (3, 3, 3, 3)),
+        (tt.Tie.from_key(lambda o, c, a, b: (o, (a + b) % 2)), (2, 3, 3, 3)),
+    ],
+)
+def test_a_kept_kernel_tie_is_laid_out_as_the_whole_weight_solves(inner, kernel):
+    """The kernel's tie at every location is its kernel layout repeated: the same layout (and
+    checkpoint fingerprint) as solving the whole unshared weight's declaration."""
+    from tietorch.layers.unshare import _AtEveryLocation
+
+    tie = _AtEveryLocation(inner, 2)
+    shape = (3, 4, *kernel)
+    closed, solved = tie.layout(shape), tt.Tie._solved(tie, shape)
+    assert closed.n_free == solved.n_free
+    assert torch.equal(closed.index, solved.index)
+    assert (closed.sign is None) == (solved.sign is None)
+    if closed.sign is not None:
+        assert torch.equal(closed.sign, solved.sign)
+    assert closed.fingerprint() == solved.fingerprint()

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
-from ._layout import gather
-from ._parametrization import TieParametrization, _tie_of
+from ._layout import class_codes, gather
+from ._parametrization import TieParametrization, _tie_of, lone_tie
 from ._torch_compat import (
     autocast_dtype,
     conv_padding_for_mode,
@@ -426,26 +426,31 @@ def _conv_class(module: nn.Module) -> type[nn.Module] | None:
 # --- the forward installed on a tied layer ----------------------------------------------------
 
 
-def _weight_tie(module: nn.Module) -> TieParametrization | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return _tie_of(module, "weight")
-
-
 def _tied_forward(self: nn.Module, input: Tensor) -> Tensor:
     """The forward of a layer with a fast path: the plan on the weight's tie, or, when it has
     none (``fast_forward(..., enable=False)`` on a copy, the tie removed while another tensor
     stays tied), the layer's own forward."""
-    # Read directly, not through _weight_tie's checks: this runs on every call, and a plan that
+    # Read directly, not through _tie_of's checks: this runs on every call, and a plan that
     # declines (a batch where it would lose) must cost next to nothing over the layer's own.
     lists = getattr(self, "parametrizations", None)
     param = lists["weight"][0] if lists is not None and "weight" in lists else None
     plan = param.fast if isinstance(param, TieParametrization) else None
-    if plan is None or plan.declines(input):
+    if plan is None or not _fits(self, input) or plan.declines(input):
         return original_class(self).forward(self, input)
     assert isinstance(param, TieParametrization)
     theta = param.free_vector(parametrization_list(self, "weight").original)
     return plan.run(self, theta, input)
+
+
+def _fits(module: nn.Module, x: Tensor) -> bool:
+    """Whether ``x`` has the features (channels) the layer takes. A plan would not always notice
+    (an FFT pads or cuts its input, ``a * x + b * sum(x)`` takes any size): an input that does
+    not fit goes to the layer's own forward, whose error is the one to raise."""
+    if isinstance(module, nn.Linear):
+        return x.dim() >= 1 and x.shape[-1] == module.in_features
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    spatial = len(module.kernel_size)
+    return x.dim() > spatial and x.shape[-spatial - 1] == module.in_channels
 
 
 # --- detection ---------------------------------------------------------------------------------
@@ -485,11 +490,10 @@ def _first_of(inverse: Tensor) -> Tensor:
     return first.scatter_reduce(0, inverse, positions, "amin")
 
 
-def _segments(index: Tensor, sign: Tensor) -> tuple[_Segments, Tensor, Tensor] | str:
-    """Classes of the columns (axis 1) of a weight's ``(rows, columns, rest)`` maps."""
-    rows, columns, rest = index.shape
-    codes = (index * 3 + sign + 1).permute(1, 0, 2).reshape(columns, rows * rest)
-    ids, reps = _column_classes(codes)
+def _segments(codes: Tensor) -> tuple[_Segments, Tensor, Tensor] | str:
+    """Classes of the columns (axis 1) of a weight's ``(rows, columns, rest)`` class codes."""
+    rows, columns, rest = codes.shape
+    ids, reps = _column_classes(codes.permute(1, 0, 2).reshape(columns, rows * rest))
     classes = len(reps)
     if classes > SEGMENT_MAX_SHARE * columns:
         return f"{classes} classes of identical input columns out of {columns} (needs <= half)"
@@ -512,15 +516,14 @@ def _blocks_equal(maps: Tensor, blocks: int) -> bool:
 
 def _plan_conv(module: nn.modules.conv._ConvNd, param: TieParametrization) -> FastPlan | str:
     index, sign = _maps_of(param)
+    codes = class_codes(index, sign)
     out, per_group, *kernel = param.shape
     groups = module.groups
-    fold = (
-        groups if groups > 1 and _blocks_equal(index, groups) and _blocks_equal(sign, groups) else 1
-    )
+    fold = groups if groups > 1 and _blocks_equal(codes, groups) else 1
     rows = out // fold
     index = index.view(out, per_group, -1)[:rows]
     sign = sign.view(out, per_group, -1)[:rows]
-    found = _segments(index, sign)
+    found = _segments(codes.view(out, per_group, -1)[:rows])
     if isinstance(found, str) and fold == 1:
         why = "" if groups == 1 else "; its groups hold different filters"
         return f"{found}{why}"
@@ -540,13 +543,14 @@ def _plan_linear(module: nn.Linear, param: TieParametrization) -> FastPlan | str
     out, features = param.shape
     index, sign = _maps_of(param)
     index, sign = index.view(out, features), sign.view(out, features)
+    codes = class_codes(index, sign)  # built once, read by every rule
     reasons = []
-    for plan in (_diagonal(index, sign), _spectral(index, sign)):
+    for plan in (_diagonal(index, sign, codes), _spectral(index, sign, codes)):
         if isinstance(plan, FastPlan):
             return plan
         if plan:
             reasons.append(plan)
-    found = _segments(index.unsqueeze(-1), sign.unsqueeze(-1))
+    found = _segments(codes.unsqueeze(-1))
     if isinstance(found, str):
         return "; ".join([*reasons, found])
     segments, ids, reps = found
@@ -555,25 +559,23 @@ def _plan_linear(module: nn.Linear, param: TieParametrization) -> FastPlan | str
     return _ReducedPlan(cpu, cpu, shape, segments, 1, False)
 
 
-def _diagonal(index: Tensor, sign: Tensor) -> FastPlan | str:
+def _diagonal(index: Tensor, sign: Tensor, codes: Tensor) -> FastPlan | str:
     n = index.shape[0]
     if n != index.shape[1] or n < 2:
         return ""
-    codes = index * 3 + sign + 1
     diagonal = torch.eye(n, dtype=torch.bool)
     d, c = codes[0, 0], codes[0, 1]
     if not (bool((codes[diagonal] == d).all()) and bool((codes[~diagonal] == c).all())):
         return ""
     if n < DIAGONAL_MIN_SIZE:
         return f"diagonal plus constant, but n={n} < {DIAGONAL_MIN_SIZE}: the dense product wins"
-    pick = torch.tensor([[0, 0], [0, 1]])
-    cpu = _Maps(index[pick[:, 0], pick[:, 1]], sign[pick[:, 0], pick[:, 1]].to(torch.float64))
+    # the diagonal's and the off-diagonal's parameter (a copy: not a view pinning the index)
+    cpu = _Maps(index[0, :2].clone(), sign[0, :2].to(torch.float64))
     return _DiagonalPlan(cpu, cpu, n)
 
 
-def _spectral(index: Tensor, sign: Tensor) -> FastPlan | str:
+def _spectral(index: Tensor, sign: Tensor, codes: Tensor) -> FastPlan | str:
     out, features = index.shape
-    codes = index * 3 + sign + 1
     if out > 1 and features > 1 and torch.equal(codes[1:, 1:], codes[:-1, :-1]):
         kind = "toeplitz"
     elif out > 1 and features > 1 and torch.equal(codes[1:, :-1], codes[:-1, 1:]):
@@ -660,19 +662,16 @@ def _described_plan(module: nn.Module, param: TieParametrization) -> FastPlan | 
 def _bias_folds(module: nn.Module, fold: int) -> bool:
     """Whether ``module``'s bias is tied alone and equal in every one of ``fold`` blocks, so the
     folded conv can add it."""
-    if module.bias is None or not parametrize.is_parametrized(module, "bias"):
+    bias_param = None if module.bias is None else lone_tie(module, "bias")
+    if bias_param is None:
         return False
-    bias_param = _tie_of(module, "bias")
-    if bias_param is None or len(parametrization_list(module, "bias")) != 1:
-        return False
-    b_index, b_sign = _maps_of(bias_param)
-    return _blocks_equal(b_index, fold) and _blocks_equal(b_sign, fold)
+    return _blocks_equal(class_codes(*_maps_of(bias_param)), fold)
 
 
 def _plan(module: nn.Module) -> FastPlan | str:
     """A plan for ``module``'s forward, or why it keeps the gathered one."""
     base = original_class(module)
-    param = _weight_tie(module)
+    param = _tie_of(module, "weight")
     if param is None:
         return "its weight is not tied"
     if len(parametrization_list(module, "weight")) != 1:
@@ -737,7 +736,7 @@ class FastForwardReport:
 
 def rule_of(module: nn.Module) -> str | None:
     """The fast-path rule ``module`` runs, or None."""
-    param = _weight_tie(module)
+    param = _tie_of(module, "weight")
     plan = None if param is None else param.fast
     return None if plan is None else plan.name
 
@@ -776,7 +775,7 @@ def fast_forward(
     ]
     if not enable:
         for qualname, module in tied:
-            param = _weight_tie(module)
+            param = _tie_of(module, "weight")
             if param is not None and param.fast is not None:
                 row = FastPathRow(qualname, original_class(module).__name__, param.fast.name, "")
                 changed.append(row)
@@ -790,7 +789,7 @@ def fast_forward(
         if isinstance(found, str):
             left_alone.append(FastPathRow(qualname, layer, "", found))
             continue
-        param = _weight_tie(module)
+        param = _tie_of(module, "weight")
         assert param is not None
         plans.append((module, param, found))
         changed.append(FastPathRow(qualname, layer, found.name, found.detail))
@@ -802,7 +801,7 @@ def fast_forward(
 
 
 def _disable(module: nn.Module) -> None:
-    param = _weight_tie(module)
+    param = _tie_of(module, "weight")
     if param is not None:
         param.fast = None
     del_class_member(module, "forward")

@@ -60,6 +60,12 @@ def gather(theta: Tensor, index: Tensor, sign: Tensor | None, shape: Shape) -> T
     return out if sign is None else out * sign
 
 
+def class_codes(index: Tensor, sign: Tensor | None) -> Tensor:
+    """One integer per entry, equal exactly where ``(index, sign)`` are (signs are -1, 0 or
+    +1): what comparing two parts of a layout compares."""
+    return index if sign is None else index * 3 + (sign.to(torch.int64) + 1)
+
+
 def accumulation_dtype(device: torch.device) -> torch.dtype:
     """The dtype class statistics are accumulated in: float64, or float32 on a device that has
     no float64 (MPS)."""

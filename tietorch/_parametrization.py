@@ -258,6 +258,13 @@ def _tie_of(module: nn.Module, name: str) -> TieParametrization | None:
     return first if isinstance(first, TieParametrization) else None
 
 
+def lone_tie(module: nn.Module, name: str) -> TieParametrization | None:
+    """The tie on ``module.<name>`` when it is the tensor's only parametrization, else None
+    (what a faster forward that reads the free vector directly can rely on)."""
+    first = _tie_of(module, name)
+    return first if first is not None and len(parametrization_list(module, name)) == 1 else None
+
+
 # The key of a module's entry in ``state_dict._metadata`` under which each tied tensor's
 # identity is saved (see _save_identity), and the format of that entry.
 _METADATA_KEY = "tietorch"

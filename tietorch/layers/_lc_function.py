@@ -147,10 +147,14 @@ def _to_hwcb(x: Tensor, g: Geometry) -> Tensor:
     order = (*range(2, 2 + n), 1, 0)
     if not any(g.padding):
         return x.permute(order).contiguous()
-    padded = [s + g.padding[2 * d] + g.padding[2 * d + 1] for d, s in enumerate(x.shape[2:])]
-    xt = x.new_zeros(*padded, x.shape[1], x.shape[0])
+    xt = x.new_zeros(*_padded_size(g), x.shape[1], x.shape[0])
     xt[_unpadded(g)] = x.permute(order)
     return xt
+
+
+def _padded_size(g: Geometry) -> list[int]:
+    """The input's spatial size with its zero padding."""
+    return [s + g.padding[2 * d] + g.padding[2 * d + 1] for d, s in enumerate(g.in_size)]
 
 
 def _unpadded(g: Geometry) -> tuple[slice, ...]:
@@ -338,8 +342,7 @@ def _backward_core(
     w = weight.reshape(ho * wo * groups, og, kg)
     # never accumulate in 16-bit floats: the prod(k) overlapping adds go to a float32 buffer
     acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    padded = [s + g.padding[2 * d] + g.padding[2 * d + 1] for d, s in enumerate(g.in_size)]
-    gxt = grad_out.new_zeros((*padded, c, b), dtype=acc) if need_x else None
+    gxt = grad_out.new_zeros((*_padded_size(g), c, b), dtype=acc) if need_x else None
     gw = grad_out.new_empty(ho * wo * groups, og, kg) if need_w else None
     gb = grad_out.new_empty(ho * wo, oc) if need_b else None
     chunks = _row_chunks(ho, rows)
@@ -370,10 +373,7 @@ def _backward_core(
     del gbuf, pbuf
     grad_x = grad_w = grad_b = None
     if gxt is not None:
-        inner = tuple(
-            slice(g.padding[2 * d], g.padding[2 * d] + s) for d, s in enumerate(g.in_size)
-        )
-        gxt = gxt[inner]
+        gxt = gxt[_unpadded(g)]
         fmt = _memory_format(channels_last, nd + 2)
         grad_x = gxt.permute(nd + 1, nd, *range(nd)).to(dtype, memory_format=fmt)
     if gw is not None:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._layout import class_codes
 from ._lc_function import Geometry, _channels_last, _memory_format
 
 __all__: list[str] = []
@@ -68,12 +69,6 @@ def is_periodic(codes: Tensor, periods: tuple[int, ...]) -> bool:
         if p < size and not torch.equal(codes.narrow(d, p, size - p), codes.narrow(d, 0, size - p)):
             return False
     return True
-
-
-def _codes(index: Tensor, sign: Tensor | None, shape: tuple[int, ...]) -> Tensor:
-    """One integer per entry that is equal exactly where index and sign are."""
-    index = index.view(shape)
-    return index if sign is None else index * 3 + (sign.view(shape).to(torch.int64) + 1)
 
 
 @dataclass
@@ -115,7 +110,7 @@ def plan_tiles(
     whose first ``n`` dims are locations, or None where it has more than ``MAX_TILES`` tiles
     (an untied weight has one tile per location)."""
     index, sign, shape = weight
-    codes = _codes(index, sign, shape)
+    codes = class_codes(index, sign).view(shape)
     periods = tuple(period(codes, d) for d in range(n))
     if math.prod(periods) > MAX_TILES or periods == tuple(shape[:n]):
         return None
@@ -124,7 +119,7 @@ def plan_tiles(
     bias_index = bias_sign = None
     if bias is not None:
         b_index, b_sign, b_shape = bias
-        if is_periodic(_codes(b_index, b_sign, b_shape), periods):
+        if is_periodic(class_codes(b_index, b_sign).view(b_shape), periods):
             bias_index = b_index.view(b_shape)[corner].contiguous()
             bias_sign = None if b_sign is None else b_sign.view(b_shape)[corner].contiguous()
     return TiledPlan(

@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .._layout import gather
-from .._parametrization import TieParametrization
+from .._parametrization import TieParametrization, lone_tie
 from .._register import register_tie
 from .._tie import AllOf, Tie
-from .._torch_compat import original, parametrization_list
+from .._torch_compat import autocast_dtype, original, parametrization_list
 from ..errors import ArgumentError, ShapeError, TieTypeError
 from ..ties.tile_share import TileShare
 from ..ties.zeros import ZeroWhere
@@ -272,14 +272,6 @@ class _LocallyConnectedNd(nn.Module):
     def _under_functorch() -> bool:
         return not _lc.is_compiling() and torch._C._are_functorch_transforms_active()
 
-    def _lone_tie(self, name: str) -> TieParametrization | None:
-        """The tie on ``name`` when it is the tensor's only parametrization, else None."""
-        if not parametrize.is_parametrized(self, name):
-            return None
-        plist = parametrization_list(self, name)
-        first = plist[0]
-        return first if len(plist) == 1 and isinstance(first, TieParametrization) else None
-
     def _tiles(
         self,
     ) -> tuple[_tiled.TiledPlan, TieParametrization, TieParametrization | None] | None:
@@ -288,10 +280,10 @@ class _LocallyConnectedNd(nn.Module):
         (any tie with that structure qualifies) and cached until a tensor is re-tied."""
         if not self._tiles_as_convs:
             return None
-        weight = self._lone_tie("weight")
+        weight = lone_tie(self, "weight")
         if weight is None:
             return None
-        bias = None if self.bias is None else self._lone_tie("bias")
+        bias = None if self.bias is None else lone_tie(self, "bias")
         cached = self.__dict__.get("_tiles_cache")
         if cached is not None and cached[1] is weight and cached[2] is bias:
             plan = cached[0]
@@ -394,9 +386,8 @@ class _LocallyConnectedNd(nn.Module):
         """Dtypes as ``nn.Conv2d``: under ``torch.autocast`` (any device type) the input, the
         weight and the bias run in the autocast dtype (float64 tensors are left alone, as
         autocast does); otherwise the input must have the weight's dtype."""
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            low = torch.get_autocast_dtype(device_type)
+        low = autocast_dtype(x.device.type)
+        if low is not None:
 
             def cast(t: Tensor) -> Tensor:
                 return t.to(low) if t.is_floating_point() and t.dtype != torch.float64 else t
